@@ -1,0 +1,54 @@
+// swift-tools-version: 6.0
+// swift-qlora: QLoRA fine-tuning of LLaMA-family models on CPUs, in Swift.
+import PackageDescription
+
+// Release builds of the numeric modules: the CPU's own vector ISA (SIMD types are SSE2-only
+// otherwise) and cross-module specialization. See shared SWIFT-PERFORMANCE.md §3 and §7.
+let fast: [SwiftSetting] = [
+    .unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked", "-target-cpu", "native",
+                  "-cross-module-optimization"], .when(configuration: .release)),
+]
+let v5: SwiftSetting = .swiftLanguageMode(.v5)
+
+let package = Package(
+    name: "swift-qlora",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "qlora", targets: ["qlora"]),
+        .library(name: "QLoRA", targets: ["QLoRA"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // MARK: - Implementation details
+        .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .target(name: "_CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+
+        // MARK: - Library modules, in data-flow order
+        .target(name: "Kernels",
+                dependencies: ["_CKernels", .target(name: "CBLAS", condition: .when(platforms: [.linux]))],
+                swiftSettings: fast + [v5],
+                linkerSettings: [.linkedFramework("Accelerate", .when(platforms: [.macOS]))]),
+        .target(name: "ModelFormats", swiftSettings: fast + [v5]),
+        .target(name: "BPE", swiftSettings: fast + [v5]),
+        .target(name: "Templates", swiftSettings: [v5]),
+        .target(name: "Llama", dependencies: ["Kernels", "ModelFormats"], swiftSettings: fast + [v5]),
+        .target(name: "QLoRA", dependencies: ["Kernels", "ModelFormats", "BPE", "Templates", "Llama"],
+                swiftSettings: fast + [v5]),
+
+        // MARK: - Public API: the command-line tool
+        .executableTarget(name: "qlora",
+                          dependencies: ["QLoRA", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          swiftSettings: [v5]),
+
+        // MARK: - Tests
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: [v5]),
+        .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats"],
+                    resources: [.copy("Fixtures")], swiftSettings: [v5]),
+        .testTarget(name: "BPETests", dependencies: ["BPE", "QLoRA"], resources: [.copy("Fixtures")], swiftSettings: [v5]),
+        .testTarget(name: "TemplatesTests", dependencies: ["Templates"], resources: [.copy("Fixtures")], swiftSettings: [v5]),
+        .testTarget(name: "LlamaTests", dependencies: ["Llama", "QLoRA"], resources: [.copy("Fixtures")], swiftSettings: [v5]),
+        .testTarget(name: "QLoRATests", dependencies: ["QLoRA"], swiftSettings: [v5]),
+    ]
+)
