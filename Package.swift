@@ -43,12 +43,12 @@ let package = Package(
                           swiftSettings: [v5]),
 
         // MARK: - Tests
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels"], swiftSettings: [v5]),
-        .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats"],
-                    resources: [.copy("Fixtures")], swiftSettings: [v5]),
-        .testTarget(name: "BPETests", dependencies: ["BPE", "QLoRA"], resources: [.copy("Fixtures")], swiftSettings: [v5]),
-        .testTarget(name: "TemplatesTests", dependencies: ["Templates"], resources: [.copy("Fixtures")], swiftSettings: [v5]),
-        .testTarget(name: "LlamaTests", dependencies: ["Llama", "QLoRA"], resources: [.copy("Fixtures")], swiftSettings: [v5]),
-        .testTarget(name: "QLoRATests", dependencies: ["QLoRA"], swiftSettings: [v5]),
+        .target(name: "_TestSupport", path: "Tests/_TestSupport", swiftSettings: [v5]),
+        .testTarget(name: "KernelsTests", dependencies: ["_TestSupport", "Kernels"], swiftSettings: [v5]),
+        .testTarget(name: "ModelFormatsTests", dependencies: ["_TestSupport", "ModelFormats"], swiftSettings: [v5]),
+        .testTarget(name: "BPETests", dependencies: ["_TestSupport", "BPE", "QLoRA"], swiftSettings: [v5]),
+        .testTarget(name: "TemplatesTests", dependencies: ["_TestSupport", "Templates"], swiftSettings: [v5]),
+        .testTarget(name: "LlamaTests", dependencies: ["_TestSupport", "Llama", "QLoRA"], swiftSettings: [v5]),
+        .testTarget(name: "QLoRATests", dependencies: ["_TestSupport", "QLoRA"], swiftSettings: [v5]),
     ]
 )
