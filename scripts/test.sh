@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: set-up (OpenBLAS, the SmolLM2 model), then every
+# test in a release build (numeric tests are far too slow in debug builds).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+MODEL="$(bash scripts/setup.sh | tail -n1)"
+export QLORA_SMOLLM2_GGUF="$MODEL"
+swift build -c release --build-tests -Xswiftc -enable-testing
+swift test -c release -Xswiftc -enable-testing --skip-build "$@"
