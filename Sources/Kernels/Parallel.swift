@@ -11,3 +11,12 @@ public func parallelFor(_ iterations: Int, _ body: (Int) -> Void) {
                                         execute: unsafeBitCast(b, to: (@Sendable (Int) -> Void).self))
     }
 }
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The number of online CPU cores (at least 1): how many workers the parallel loops use.
+public let coreCount: Int = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))

@@ -119,10 +119,11 @@ struct JSONParser {
         }
     }
 
-    private mutating func literal(_ word: StaticString) throws {
-        let n = word.utf8CodeUnitsCount
+    private mutating func literal(_ word: String) throws {
+        let w = Array(word.utf8)
+        let n = w.count
         guard p.count - i >= n else { throw fail("invalid literal") }
-        for k in 0..<n where p[i + k] != word.utf8Start[k] { throw fail("invalid literal") }
+        for k in 0..<n where p[i + k] != w[k] { throw fail("invalid literal") }
         i += n
     }
 

@@ -14,6 +14,7 @@ public final class MappedFile: @unchecked Sendable {
     /// Start of the mapping (a valid pointer even for an empty file).
     public let base: UnsafeRawPointer
     private let mapped: UnsafeMutableRawPointer?
+    private let owned: UnsafeMutableRawPointer?
 
     /// Maps `path`; throws `ModelFormatError.unreadable` if it cannot be opened, is not a
     /// regular file, or cannot be mapped.
@@ -32,6 +33,7 @@ public final class MappedFile: @unchecked Sendable {
             throw ModelFormatError.unreadable(file: path, reason: "not a regular file")
         }
         size = Int(st.st_size)
+        owned = nil
         if size == 0 {
             mapped = nil
             base = UnsafeRawPointer(MappedFile.emptyByte)
@@ -45,8 +47,20 @@ public final class MappedFile: @unchecked Sendable {
         base = UnsafeRawPointer(p)
     }
 
+    /// An in-memory copy of `bytes` standing in for a file named `path` (tests, fuzzing).
+    init(path: String, bytes: [UInt8]) {
+        self.path = path
+        size = bytes.count
+        mapped = nil
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(1, bytes.count), alignment: 64)
+        bytes.withUnsafeBytes { if let b = $0.baseAddress { p.copyMemory(from: b, byteCount: bytes.count) } }
+        owned = p
+        base = UnsafeRawPointer(p)
+    }
+
     deinit {
         if let mapped { munmap(mapped, size) }
+        owned?.deallocate()
     }
 
     private static let emptyByte: UnsafeMutableRawPointer = {

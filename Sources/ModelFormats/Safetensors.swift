@@ -54,9 +54,14 @@ public final class SafetensorsFile: TensorSource, @unchecked Sendable {
     public let dataStart: Int
     private let infos: [String: SafetensorsTensorInfo]
 
-    public init(path: String) throws {
+    public convenience init(path: String) throws {
+        try self.init(mapping: MappedFile(path: path))
+    }
+
+    /// Parses an already mapped file.
+    public init(mapping map: MappedFile) throws {
+        let path = map.path
         self.path = path
-        let map = try MappedFile(path: path)
         mapping = map
         var r = map.reader()
         let n64 = try r.u64("header length")
@@ -186,6 +191,20 @@ public final class SafetensorsFile: TensorSource, @unchecked Sendable {
     public func rawBytes(_ name: String) throws -> UnsafeRawBufferPointer {
         let i = try info(name)
         return mapping.bytes(at: dataStart + i.dataOffsets.begin, count: i.byteCount)
+    }
+
+    /// Widens only rows `rows` (a row = the last dim).
+    public func readFloat32Rows(_ name: String, rows: Range<Int>, into destination: UnsafeMutableBufferPointer<Float>) throws {
+        let i = try info(name)
+        let (rowLength, _) = try checkRows(file: path, name: name, shape: i.shape, rows: rows, destination: destination.count)
+        guard [.f32, .f16, .bf16].contains(i.dtype) else {
+            throw ModelFormatError.unsupportedDType(file: path, tensor: name, dtype: i.dtype.rawValue)
+        }
+        let size = i.dtype.bitSize / 8
+        try widenToFloat32(file: path, tensor: name, dtype: i.dtype,
+                           source: mapping.bytes(at: dataStart + i.dataOffsets.begin + rows.lowerBound * rowLength * size,
+                                                 count: rows.count * rowLength * size),
+                           into: destination)
     }
 
     public func readFloat32(_ name: String, into destination: UnsafeMutableBufferPointer<Float>) throws {

@@ -120,6 +120,9 @@ public final class SafetensorsModel: TensorSource, @unchecked Sendable {
     public func readFloat32(_ name: String, into destination: UnsafeMutableBufferPointer<Float>) throws {
         try file(containing: name).readFloat32(name, into: destination)
     }
+    public func readFloat32Rows(_ name: String, rows: Range<Int>, into destination: UnsafeMutableBufferPointer<Float>) throws {
+        try file(containing: name).readFloat32Rows(name, rows: rows, into: destination)
+    }
     /// Metadata of all files merged (first file wins on a conflict).
     public var metadata: [String: String] {
         var m: [String: String] = [:]

@@ -1,0 +1,131 @@
+import Foundation
+import ModelFormats
+
+// The one place that spells checkpoint tensor names: Hugging Face (`model.layers.N.self_attn.q_proj.weight`)
+// and GGUF (`blk.N.attn_q.weight`, SPEC §8.4).
+
+extension LlamaWeights {
+    /// Which naming a tensor source uses.
+    public enum Naming: Sendable { case huggingFace, gguf }
+
+    /// Loads every parameter from `source`, checking each shape against `config`. `file` names the
+    /// source in errors. GGUF names are detected by `token_embd.weight`; for GGUF files of the
+    /// llama architecture the Q/K row permutation of llama.cpp's converter is undone (SPEC §8.5) so
+    /// one rotate_half RoPE serves both formats.
+    public convenience init(config: LlamaConfig, source: TensorSource, file: String) throws {
+        let naming: Naming = source.contains("token_embd.weight") ? .gguf : .huggingFace
+        let separate: Bool
+        switch naming {
+        case .huggingFace: separate = !config.tieWordEmbeddings
+        case .gguf: separate = source.contains("output.weight")
+        }
+        self.init(config: config, separateLMHead: separate)
+        if naming == .gguf, source.contains("rope_freqs.weight") {
+            throw LlamaError.invalidConfig(file: file, key: "rope_freqs.weight", value: "present",
+                                           expected: "no rope frequency factors (llama3 GGUF rope scaling is not supported)")
+        }
+        let C = config.hiddenSize, I = config.intermediateSize, V = config.vocabularySize
+        let qd = config.qDim, kvd = config.kvDim
+        let unpermute = naming == .gguf && config.modelType == "llama"
+
+        func load(_ name: String, _ shape: [Int], _ dst: UnsafeMutablePointer<Float>, permuteHeads: Int? = nil) throws {
+            guard source.contains(name) else { throw LlamaError.missingTensor(file: file, name: name) }
+            let actual = try source.shape(of: name)
+            guard actual == shape else {
+                throw LlamaError.shapeMismatch(file: file, tensor: name, expected: shape, actual: actual)
+            }
+            let count = shape.reduce(1, *)
+            guard let heads = permuteHeads else {
+                try source.readFloat32(name, into: UnsafeMutableBufferPointer(start: dst, count: count))
+                return
+            }
+            let tmp = UnsafeMutableBufferPointer<Float>.allocate(capacity: count)
+            defer { tmp.deallocate() }
+            try source.readFloat32(name, into: tmp)
+            unpermuteRoPERows(out: dst, inp: UnsafePointer(tmp.baseAddress!), heads: heads,
+                              headDim: config.headDim, columns: shape.count == 2 ? shape[1] : 1)
+        }
+
+        switch naming {
+        case .huggingFace:
+            try load("model.embed_tokens.weight", [V, C], embedding)
+            try load("model.norm.weight", [C], finalNorm)
+            if separate { try load("lm_head.weight", [V, C], lmHead) }
+            for (n, l) in layers.enumerated() {
+                let p = "model.layers.\(n)."
+                try load(p + "input_layernorm.weight", [C], l.attentionNorm)
+                try load(p + "self_attn.q_proj.weight", [qd, C], l.wq)
+                try load(p + "self_attn.k_proj.weight", [kvd, C], l.wk)
+                try load(p + "self_attn.v_proj.weight", [kvd, C], l.wv)
+                try load(p + "self_attn.o_proj.weight", [C, qd], l.wo)
+                if let b = l.bq { try load(p + "self_attn.q_proj.bias", [qd], b) }
+                if let b = l.bk { try load(p + "self_attn.k_proj.bias", [kvd], b) }
+                if let b = l.bv { try load(p + "self_attn.v_proj.bias", [kvd], b) }
+                if let b = l.bo { try load(p + "self_attn.o_proj.bias", [C], b) }
+                try load(p + "post_attention_layernorm.weight", [C], l.mlpNorm)
+                try load(p + "mlp.gate_proj.weight", [I, C], l.wGate)
+                try load(p + "mlp.up_proj.weight", [I, C], l.wUp)
+                try load(p + "mlp.down_proj.weight", [C, I], l.wDown)
+                if let b = l.bGate { try load(p + "mlp.gate_proj.bias", [I], b) }
+                if let b = l.bUp { try load(p + "mlp.up_proj.bias", [I], b) }
+                if let b = l.bDown { try load(p + "mlp.down_proj.bias", [C], b) }
+            }
+        case .gguf:
+            try load("token_embd.weight", [V, C], embedding)
+            try load("output_norm.weight", [C], finalNorm)
+            if separate { try load("output.weight", [V, C], lmHead) }
+            let qh = unpermute ? config.headCount : nil, kh = unpermute ? config.kvHeadCount : nil
+            for (n, l) in layers.enumerated() {
+                let p = "blk.\(n)."
+                try load(p + "attn_norm.weight", [C], l.attentionNorm)
+                try load(p + "attn_q.weight", [qd, C], l.wq, permuteHeads: qh)
+                try load(p + "attn_k.weight", [kvd, C], l.wk, permuteHeads: kh)
+                try load(p + "attn_v.weight", [kvd, C], l.wv)
+                try load(p + "attn_output.weight", [C, qd], l.wo)
+                if let b = l.bq { try load(p + "attn_q.bias", [qd], b, permuteHeads: qh) }
+                if let b = l.bk { try load(p + "attn_k.bias", [kvd], b, permuteHeads: kh) }
+                if let b = l.bv { try load(p + "attn_v.bias", [kvd], b) }
+                try load(p + "ffn_norm.weight", [C], l.mlpNorm)
+                try load(p + "ffn_gate.weight", [I, C], l.wGate)
+                try load(p + "ffn_up.weight", [I, C], l.wUp)
+                try load(p + "ffn_down.weight", [C, I], l.wDown)
+            }
+        }
+    }
+}
+
+/// Undoes llama.cpp's Q/K row permutation (SPEC §8.5): within each head of `headDim` rows,
+/// HF row (j·D/2 + i) ← GGUF row (2i + j), for i < D/2, j ∈ {0, 1}. Rows are `columns` floats.
+func unpermuteRoPERows(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, heads: Int, headDim D: Int,
+                       columns: Int) {
+    let half = D / 2
+    for h in 0..<heads {
+        for i in 0..<half {
+            for j in 0..<2 {
+                (out + (h * D + j * half + i) * columns).update(from: inp + (h * D + 2 * i + j) * columns, count: columns)
+            }
+        }
+    }
+}
+
+extension LlamaModel {
+    /// Loads a Hugging Face model folder (config.json + *.safetensors). Needs ModelFormats'
+    /// `SafetensorsModel(directory:)`.
+    public convenience init(huggingFaceDirectory directory: String, maxContext: Int) throws {
+        let configPath = (directory as NSString).appendingPathComponent("config.json")
+        let config = try LlamaConfig(huggingFaceConfigFile: configPath)
+        let source = try SafetensorsModel(directory: directory)
+        let weights = try LlamaWeights(config: config, source: source, file: directory)
+        try self.init(config: config, weights: weights, maxContext: maxContext)
+    }
+}
+
+extension LlamaModel {
+    /// Loads a GGUF file (llama or qwen2 architecture), dequantizing every tensor to float32.
+    public convenience init(ggufPath path: String, maxContext: Int) throws {
+        let file = try GGUFFile(path: path)
+        let config = try LlamaConfig(ggufMetadata: file.metadata, file: path)
+        let weights = try LlamaWeights(config: config, source: file, file: path)
+        try self.init(config: config, weights: weights, maxContext: maxContext)
+    }
+}

@@ -1,0 +1,211 @@
+import Foundation
+import Kernels
+
+/// A LLaMA-family decoder (Llama, Mistral, Qwen2) running fp32 inference with a KV cache.
+///
+/// Every buffer is allocated once in `init` (llm.c's ActivationTensors): activations for up to
+/// `chunkSize` tokens, the KV cache for `maxContext` positions and the RoPE tables. `forward` runs a
+/// prompt in chunks of at most `chunkSize` tokens with sgemm, and single tokens with GEMV split over
+/// the cores. Not thread-safe: one forward at a time.
+public final class LlamaModel {
+    /// Which logits `forward` returns.
+    public enum Logits: Sendable { case last, all }
+
+    public let config: LlamaConfig
+    public let weights: LlamaWeights
+    public let maxContext: Int
+    /// Tokens per prefill step (activation buffers are sized for this many).
+    public let chunkSize: Int
+    /// Number of positions held in the KV cache (the next token's position).
+    public private(set) var cachedCount = 0
+
+    // Activations, [chunkSize, ·]. C = hidden, I = intermediate.
+    private let x: UnsafeMutablePointer<Float>        // [T, C] residual stream
+    private let xb: UnsafeMutablePointer<Float>       // [T, C] normed input of a sublayer
+    private let xb2: UnsafeMutablePointer<Float>      // [T, C] sublayer output
+    private let q: UnsafeMutablePointer<Float>        // [T, heads·D]
+    private let att: UnsafeMutablePointer<Float>      // [T, heads·D] attention output
+    private let gate: UnsafeMutablePointer<Float>     // [T, I] gate, then [T, I] up (for the chunk's T)
+    private let qkv: UnsafeMutablePointer<Float>      // [heads·D + 2·kvHeads·D] one token's fused q|k|v
+    private let scratch: UnsafeMutablePointer<Float>  // attention scores, per worker [T, maxContext]
+    // KV cache [L, maxContext, kvHeads·D] and RoPE tables [maxContext, D/2].
+    private let keyCache: UnsafeMutablePointer<Float>
+    private let valueCache: UnsafeMutablePointer<Float>
+    private let ropeCos: UnsafeMutablePointer<Float>
+    private let ropeSin: UnsafeMutablePointer<Float>
+    private let allocations: [UnsafeMutableRawPointer]
+
+    public init(config: LlamaConfig, weights: LlamaWeights, maxContext: Int, chunkSize: Int = 128) throws {
+        guard maxContext > 0 else {
+            throw LlamaError.invalidInput(field: "maxContext", value: "\(maxContext)", expected: "> 0")
+        }
+        guard chunkSize > 0 else {
+            throw LlamaError.invalidInput(field: "chunkSize", value: "\(chunkSize)", expected: "> 0")
+        }
+        guard weights.config == config else {
+            throw LlamaError.invalidInput(field: "weights.config", value: "\(weights.config)", expected: "\(config)")
+        }
+        self.config = config
+        self.weights = weights
+        self.maxContext = maxContext
+        let T = min(chunkSize, maxContext)
+        self.chunkSize = T
+        let C = config.hiddenSize, I = config.intermediateSize, half = config.headDim / 2
+        var allocations: [UnsafeMutableRawPointer] = []
+        func buffer(_ n: Int) -> UnsafeMutablePointer<Float> {
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
+            p.initialize(repeating: 0, count: max(n, 1))
+            allocations.append(UnsafeMutableRawPointer(p))
+            return p
+        }
+        x = buffer(T * C); xb = buffer(T * C); xb2 = buffer(T * C)
+        q = buffer(T * config.qDim); att = buffer(T * config.qDim)
+        gate = buffer(2 * T * I)
+        qkv = buffer(config.qDim + 2 * config.kvDim)
+        scratch = buffer(attentionScratchCount(tokens: T, keys: maxContext, heads: config.headCount))
+        keyCache = buffer(config.layerCount * maxContext * config.kvDim)
+        valueCache = buffer(config.layerCount * maxContext * config.kvDim)
+        ropeCos = buffer(maxContext * half); ropeSin = buffer(maxContext * half)
+        self.allocations = allocations
+
+        let invFreq = LlamaModel.inverseFrequencies(config)
+        for p in 0..<maxContext {
+            for i in 0..<half {
+                let angle = Float(p) * invFreq[i]          // float32 product, as HF's matmul of positions
+                ropeCos[p * half + i] = Foundation.cos(angle)
+                ropeSin[p * half + i] = Foundation.sin(angle)
+            }
+        }
+    }
+
+    deinit { for p in allocations { p.deallocate() } }
+
+    /// Forgets the KV cache.
+    public func reset() { cachedCount = 0 }
+
+    /// RoPE inverse frequencies as Hugging Face computes them, in float32: theta^(−2i/D), then the
+    /// llama3 low/high-frequency rescaling when configured.
+    public static func inverseFrequencies(_ config: LlamaConfig) -> [Float] {
+        let D = config.headDim
+        let base = Float(config.ropeTheta)
+        var inv = (0..<(D / 2)).map { i in 1 / Foundation.pow(base, Float(2 * i) / Float(D)) }
+        if let s = config.ropeScaling {
+            let factor = Float(s.factor), low = Float(s.lowFreqFactor), high = Float(s.highFreqFactor)
+            let old = Float(s.originalMaxPositionEmbeddings)
+            let lowWavelen = old / low, highWavelen = old / high
+            inv = inv.map { f in
+                let wavelen = 2 * Float.pi / f
+                let scaled = wavelen > lowWavelen ? f / factor : f
+                if wavelen < highWavelen || wavelen > lowWavelen { return scaled }
+                let smooth = (old / wavelen - low) / (high - low)
+                return (1 - smooth) * scaled / factor + smooth * scaled
+            }
+        }
+        return inv
+    }
+
+    /// Runs `tokens` at positions startPosition ..< startPosition+T, appending their keys and values to
+    /// the cache (positions ≥ startPosition are overwritten, so a smaller startPosition rewinds).
+    /// Returns the logits of the last token [V], or of every token [T, V].
+    public func forward(tokens: [Int], startPosition: Int, logits mode: Logits = .last) throws -> [Float] {
+        let V = config.vocabularySize
+        var out = [Float](repeating: 0, count: mode == .all ? tokens.count * V : V)
+        try out.withUnsafeMutableBufferPointer { try forward(tokens: tokens, startPosition: startPosition, logits: mode, into: $0) }
+        return out
+    }
+
+    /// `forward` writing the logits into `output` ([V] for `.last`, [T, V] for `.all`); allocates nothing.
+    public func forward(tokens: [Int], startPosition: Int, logits mode: Logits,
+                        into output: UnsafeMutableBufferPointer<Float>) throws {
+        let T = tokens.count, V = config.vocabularySize
+        guard T > 0 else { throw LlamaError.invalidInput(field: "tokens", value: "[]", expected: "at least one token") }
+        guard startPosition >= 0, startPosition <= cachedCount else {
+            throw LlamaError.invalidInput(field: "startPosition", value: "\(startPosition)",
+                                          expected: "0 ... \(cachedCount) (the cached positions)")
+        }
+        guard startPosition + T <= maxContext else {
+            throw LlamaError.invalidInput(field: "startPosition + tokens.count", value: "\(startPosition + T)",
+                                          expected: "≤ maxContext \(maxContext)")
+        }
+        for (i, t) in tokens.enumerated() where t < 0 || t >= V {
+            throw LlamaError.invalidInput(field: "tokens[\(i)]", value: "\(t)", expected: "0 ..< \(V)")
+        }
+        let needed = mode == .all ? T * V : V
+        guard output.count == needed else {
+            throw LlamaError.invalidInput(field: "output.count", value: "\(output.count)", expected: "\(needed)")
+        }
+        tokens.withUnsafeBufferPointer { ids in
+            var done = 0
+            while done < T {
+                let n = min(chunkSize, T - done)
+                let chunk = UnsafeBufferPointer(rebasing: ids[done..<(done + n)])
+                forwardChunk(chunk, startPosition: startPosition + done)
+                switch mode {
+                case .all: logitsForward(out: output.baseAddress! + done * V, rows: 0..<n)
+                case .last where done + n == T: logitsForward(out: output.baseAddress!, rows: (n - 1)..<n)
+                case .last: break
+                }
+                done += n
+            }
+        }
+        cachedCount = startPosition + T
+    }
+
+    /// The decoder layers for one chunk of ≤ chunkSize tokens; leaves the residual stream in `x`.
+    private func forwardChunk(_ tokens: UnsafeBufferPointer<Int>, startPosition pos: Int) {
+        let cfg = config
+        let T = tokens.count, C = cfg.hiddenSize, I = cfg.intermediateSize, D = cfg.headDim
+        let qd = cfg.qDim, kvd = cfg.kvDim, half = D / 2
+        let up = gate + T * I              // so that for T = 1, [gate | up] is one GEMV's output
+        embeddingForward(out: x, tokens: tokens, table: weights.embedding, channels: C)
+        for (l, w) in weights.layers.enumerated() {
+            let layerKeys = keyCache + l * maxContext * kvd, layerValues = valueCache + l * maxContext * kvd
+            let k = layerKeys + pos * kvd, v = layerValues + pos * kvd   // this chunk's rows of the cache
+
+            // attention: x += o_proj(attention(rope(q), rope(k), v)), q/k/v from rmsnorm(x)
+            rmsnormForward(out: xb, inp: x, weight: w.attentionNorm, rows: T, channels: C, epsilon: cfg.rmsNormEpsilon)
+            if T == 1 {
+                // decode: wq|wk|wv (and their biases) are consecutive in memory, so one GEMV does all three
+                matmulForward(out: qkv, inp: xb, weight: w.wq, bias: w.bq, rows: 1, inChannels: C, outChannels: qd + 2 * kvd)
+                q.update(from: qkv, count: qd)
+                k.update(from: qkv + qd, count: kvd)
+                v.update(from: qkv + qd + kvd, count: kvd)
+            } else {
+                matmulForward(out: q, inp: xb, weight: w.wq, bias: w.bq, rows: T, inChannels: C, outChannels: qd)
+                matmulForward(out: k, inp: xb, weight: w.wk, bias: w.bk, rows: T, inChannels: C, outChannels: kvd)
+                matmulForward(out: v, inp: xb, weight: w.wv, bias: w.bv, rows: T, inChannels: C, outChannels: kvd)
+            }
+            ropeForward(x: q, cos: ropeCos + pos * half, sin: ropeSin + pos * half, rows: T, heads: cfg.headCount,
+                        headDim: D, rowStride: qd)
+            ropeForward(x: k, cos: ropeCos + pos * half, sin: ropeSin + pos * half, rows: T, heads: cfg.kvHeadCount,
+                        headDim: D, rowStride: kvd)
+            attentionForward(out: att, q: q, keys: layerKeys, values: layerValues, scratch: scratch, tokens: T,
+                             startPosition: pos, heads: cfg.headCount, kvHeads: cfg.kvHeadCount, headDim: D,
+                             window: cfg.slidingWindow)
+            matmulForward(out: xb2, inp: att, weight: w.wo, bias: w.bo, rows: T, inChannels: qd, outChannels: C)
+            residualForward(out: x, a: x, b: xb2, count: T * C)
+
+            // MLP: x += down(silu(gate(h)) ⊙ up(h)), h = rmsnorm(x)
+            rmsnormForward(out: xb, inp: x, weight: w.mlpNorm, rows: T, channels: C, epsilon: cfg.rmsNormEpsilon)
+            if T == 1 {
+                // decode: wGate|wUp are consecutive, and up = gate + I when T = 1
+                matmulForward(out: gate, inp: xb, weight: w.wGate, bias: w.bGate, rows: 1, inChannels: C, outChannels: 2 * I)
+            } else {
+                matmulForward(out: gate, inp: xb, weight: w.wGate, bias: w.bGate, rows: T, inChannels: C, outChannels: I)
+                matmulForward(out: up, inp: xb, weight: w.wUp, bias: w.bUp, rows: T, inChannels: C, outChannels: I)
+            }
+            siluMulForward(out: gate, gate: gate, up: up, count: T * I)
+            matmulForward(out: xb2, inp: gate, weight: w.wDown, bias: w.bDown, rows: T, inChannels: I, outChannels: C)
+            residualForward(out: x, a: x, b: xb2, count: T * C)
+        }
+    }
+
+    /// Final norm and LM head for rows of the current chunk: out[rows, V].
+    private func logitsForward(out: UnsafeMutablePointer<Float>, rows: Range<Int>) {
+        let C = config.hiddenSize
+        rmsnormForward(out: xb, inp: x + rows.lowerBound * C, weight: weights.finalNorm, rows: rows.count,
+                       channels: C, epsilon: config.rmsNormEpsilon)
+        matmulForward(out: out, inp: xb, weight: weights.lmHead, bias: nil, rows: rows.count, inChannels: C,
+                      outChannels: config.vocabularySize)
+    }
+}

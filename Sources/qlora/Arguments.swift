@@ -1,0 +1,59 @@
+import ArgumentParser
+import Foundation
+import QLoRA
+
+/// Which model to load.
+struct ModelArguments: ParsableArguments {
+    @Option(name: .long, help: "A .gguf file or a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).")
+    var model: String
+
+    @Option(name: .long, help: "KV-cache positions to allocate (default: the model's maximum, at most 4096).")
+    var contextLength: Int?
+
+    func validate() throws {
+        if let n = contextLength, n < 1 { throw ValidationError("--context-length must be at least 1 (got \(n))") }
+    }
+
+    func load() throws -> ModelBundle {
+        try ModelBundle(path: model, contextLength: contextLength)
+    }
+}
+
+/// How tokens are drawn.
+struct SamplingArguments: ParsableArguments {
+    @Option(help: "Sampling temperature; 0 is greedy.") var temperature: Float = 0
+    @Option(help: "Keep only the K most likely tokens (0: off).") var topK: Int = 0
+    @Option(help: "Nucleus sampling: smallest set with probability ≥ P (1: off).") var topP: Float = 1
+    @Option(help: "Drop tokens below P × the top probability (0: off).") var minP: Float = 0
+    @Option(help: "Penalty > 1 for tokens already seen (1: off).") var repeatPenalty: Float = 1
+    @Option(help: "Random seed.") var seed: UInt64 = 0
+
+    func validate() throws {
+        guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be ≥ 0 (got \(temperature))") }
+        guard topK >= 0 else { throw ValidationError("--top-k must be ≥ 0 (got \(topK))") }
+        guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1] (got \(topP))") }
+        guard minP >= 0, minP <= 1 else { throw ValidationError("--min-p must be in [0, 1] (got \(minP))") }
+        guard repeatPenalty > 0, repeatPenalty.isFinite else { throw ValidationError("--repeat-penalty must be > 0 (got \(repeatPenalty))") }
+    }
+
+    var parameters: SamplingParameters {
+        SamplingParameters(temperature: temperature, topK: topK, topP: topP, minP: minP,
+                           repetitionPenalty: repeatPenalty, seed: seed)
+    }
+}
+
+/// Writes to standard error without buffering surprises.
+func printError(_ text: String) {
+    FileHandle.standardError.write((text + "\n").data(using: .utf8)!)
+}
+
+/// Writes to standard output at once (streamed tokens must show as they come).
+func writeOut(_ text: String) {
+    FileHandle.standardOutput.write(text.data(using: .utf8)!)
+}
+
+/// JSON text of a value, with keys in a stable order.
+func jsonString(_ object: Any) -> String {
+    let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+    return String(decoding: data, as: UTF8.self)
+}

@@ -1,0 +1,88 @@
+// Fixtures: scripts/make_tokenizer_fixtures.py (tiny-spm/, tiny-spm-metaspace.json).
+import Foundation
+import Testing
+import QLoRA
+import _TestSupport
+
+@Suite struct SentencePieceTokenizerTests {
+    static func jsonBundle() throws -> TokenizerBundle {
+        try TokenizerBundle.load(huggingFaceDirectory: Fixtures.path("tokenizer/tiny-spm"))
+    }
+
+    static func ggufBundle() throws -> TokenizerBundle {
+        let path = Fixtures.path("tokenizer/tiny-spm/tokenizer.gguf")
+        return try TokenizerBundle.load(ggufMetadata: try GGUFFile(path: path).metadata, file: path)
+    }
+
+    /// Legacy Llama tokenizer.json (Prepend + Replace normalizer, byte_fallback), as LlamaConverter builds it.
+    @Test func tokenizerJSONMatchesTransformersAndSentencePiece() throws {
+        let tok = try Self.jsonBundle().tokenizer
+        for c in try TokenizerFixtures.spmCases() {
+            #expect(tok.encode(c.text, addSpecialTokens: false) == c.ids, "\(c.text.debugDescription)")
+            #expect(tok.encode(c.text, addSpecialTokens: true) == c.ids_with_special)
+            #expect(c.ids.map { tok.tokenText($0) } == c.tokens)
+            #expect(tok.decode(c.ids) == c.decoded)
+            #expect(tok.decode(c.ids_with_special) == c.decoded_with_special)
+            #expect(tok.decode(c.ids_with_special, skipSpecialTokens: true) == c.decoded_skip_special)
+        }
+    }
+
+    /// Score-based merging from GGUF `tokenizer.ggml.model = "llama"` gives the same ids.
+    @Test func ggufScoresMatchTheMergeList() throws {
+        let bundle = try Self.ggufBundle()
+        let tok = bundle.tokenizer
+        for c in try TokenizerFixtures.spmCases() {
+            #expect(tok.encode(c.text, addSpecialTokens: false) == c.ids, "\(c.text.debugDescription)")
+            #expect(tok.encode(c.text, addSpecialTokens: true) == c.ids_with_special)
+            #expect(tok.decode(c.ids_with_special, skipSpecialTokens: true) == c.decoded_skip_special)
+        }
+        #expect(bundle.bosToken == "<s>")
+        #expect(bundle.eosTokenIds == [2])
+        #expect(bundle.chatTemplate?.contains("[INST]") == true)
+    }
+
+    /// transformers 5's Llama pipeline: Metaspace(prepend_scheme "first") pre-tokenizer, no normalizer.
+    @Test func metaspacePreTokenizerMatchesTransformers() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("bpe-metaspace-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try FileManager.default.copyItem(atPath: Fixtures.path("tokenizer/tiny-spm-metaspace.json"),
+                                         toPath: dir.appendingPathComponent("tokenizer.json").path)
+        let tok = try TokenizerBundle.load(huggingFaceDirectory: dir.path).tokenizer
+        for c in try TokenizerFixtures.spmCases() {
+            #expect(tok.encode(c.text, addSpecialTokens: false) == c.ids_metaspace, "\(c.text.debugDescription)")
+            #expect(tok.decode(c.ids_metaspace) == c.decoded_metaspace)
+        }
+    }
+
+    @Test func bundleReadsConfigFlagsAndTemplate() throws {
+        let bundle = try Self.jsonBundle()
+        #expect(bundle.tokenizer.bosTokenId == 1)
+        #expect(bundle.tokenizer.eosTokenId == 2)
+        #expect(bundle.tokenizer.unknownTokenId == 0)
+        #expect(bundle.eosToken == "</s>")
+        #expect(bundle.chatTemplate?.contains("<<SYS>>") == true)
+        #expect(bundle.tokenizer.vocabularySize == 420)
+    }
+
+    @Test func streamingDecodeOfByteFallbackEqualsFullDecode() throws {
+        for tok in [try Self.jsonBundle().tokenizer, try Self.ggufBundle().tokenizer] {
+            for text in ["Out of vocab: 漢字 ж 😀 👍🏽", "  two leading spaces", "<s>hi</s> there"] {
+                let ids = tok.encode(text, addSpecialTokens: true)
+                for skip in [false, true] {
+                    var d = tok.makeStreamingDecoder(skipSpecialTokens: skip)
+                    var out = ""
+                    var sawPartial = false
+                    for id in ids {
+                        let piece = d.append(id)
+                        sawPartial = sawPartial || piece.unicodeScalars.contains("\u{FFFD}")
+                        out += piece
+                    }
+                    out += d.finish()
+                    #expect(out == tok.decode(ids, skipSpecialTokens: skip), "\(text.debugDescription)")
+                    #expect(!sawPartial)
+                }
+            }
+        }
+    }
+}
