@@ -33,8 +33,9 @@ let package = Package(
         .target(name: "ModelFormats", swiftSettings: fast + [v5]),
         .target(name: "BPE", swiftSettings: fast + [v5]),
         .target(name: "Templates", swiftSettings: [v5]),
-        .target(name: "Llama", dependencies: ["Kernels", "ModelFormats"], swiftSettings: fast + [v5]),
-        .target(name: "QLoRA", dependencies: ["Kernels", "ModelFormats", "BPE", "Templates", "Llama"],
+        .target(name: "Quantization", dependencies: ["Kernels", "_CKernels"], swiftSettings: fast + [v5]),
+        .target(name: "Llama", dependencies: ["Kernels", "ModelFormats", "Quantization"], swiftSettings: fast + [v5]),
+        .target(name: "QLoRA", dependencies: ["Kernels", "ModelFormats", "Quantization", "BPE", "Templates", "Llama"],
                 swiftSettings: fast + [v5]),
 
         // MARK: - Public API: the command-line tool
@@ -45,6 +46,7 @@ let package = Package(
         // MARK: - Tests
         .target(name: "_TestSupport", path: "Tests/_TestSupport", swiftSettings: [v5]),
         .testTarget(name: "KernelsTests", dependencies: ["_TestSupport", "Kernels"], swiftSettings: [v5]),
+        .testTarget(name: "QuantizationTests", dependencies: ["_TestSupport", "Quantization", "ModelFormats"], swiftSettings: [v5]),
         .testTarget(name: "ModelFormatsTests", dependencies: ["_TestSupport", "ModelFormats"], swiftSettings: [v5]),
         .testTarget(name: "BPETests", dependencies: ["_TestSupport", "BPE", "QLoRA"], swiftSettings: [v5]),
         .testTarget(name: "TemplatesTests", dependencies: ["_TestSupport", "Templates"], swiftSettings: [v5]),
