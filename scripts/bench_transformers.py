@@ -18,11 +18,11 @@ for rnd in range(3):
     t0 = time.perf_counter()
     out = model(prompt, use_cache=True)
     prefill = time.perf_counter() - t0
-    past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    past, nxt = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
     t0 = time.perf_counter()
     for _ in range(64):
-        out = model(nxt, past_key_values=past, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        out = model(nxt, cache=past, use_cache=True)
+        past, nxt = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
     decode = time.perf_counter() - t0
     print(f"round {rnd}: prefill 128 tok {prefill:.3f} s = {128 / prefill:.1f} tok/s; "
           f"decode 64 tok {decode:.3f} s = {64 / decode:.1f} tok/s")

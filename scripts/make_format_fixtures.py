@@ -126,4 +126,5 @@ if __name__ == "__main__":
     smollm2()
     reference_safetensors()
     for f in sorted(os.listdir(OUT)):
+        os.chmod(os.path.join(OUT, f), 0o644)
         print(f, os.path.getsize(os.path.join(OUT, f)))

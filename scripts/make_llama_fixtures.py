@@ -5,7 +5,7 @@ Tiny random models (fp32 safetensors + config.json written by transformers' save
 expected.json holding a prompt of 12 ids, the full logits [12, vocab] from transformers, and 10 greedy ids:
   tiny-llama-gqa-tied   Llama, 4 heads / 2 kv heads, tied embeddings (+ tiny-llama-gqa-tied.gguf, F32,
                         Q/K rows permuted the way llama.cpp's converter does, same weights, same expected)
-  tiny-llama-untied     Llama with a separate lm_head, MHA
+  tiny-llama-untied     Llama-2 style: separate lm_head, MHA, vocab of Tests/Fixtures/tokenizer/tiny-spm (420)
   tiny-llama3-rope      Llama with llama3 rope scaling (+ config-4x.json: the same config in the
                         transformers 4.x spelling: rope_theta/rope_scaling/torch_dtype, no head_dim)
   tiny-qwen2            Qwen2 (q/k/v bias)
@@ -55,8 +55,8 @@ def top2_gap(logits):
     return float((s[..., 0] - s[..., 1]).min())
 
 
-def write_tiny(name, config_cls, model_cls, seed, **kw):
-    cfg = config_cls(hidden_size=64, intermediate_size=96, num_hidden_layers=2, vocab_size=256,
+def write_tiny(name, config_cls, model_cls, seed, vocab_size=256, **kw):
+    cfg = config_cls(hidden_size=64, intermediate_size=96, num_hidden_layers=2, vocab_size=vocab_size,
                      max_position_embeddings=128, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, **kw)
     torch.manual_seed(seed)
     model = model_cls(cfg).float().eval()
@@ -155,7 +155,8 @@ def tiny():
     m, cfg, d = write_tiny("tiny-llama-gqa-tied", L.LlamaConfig, L.LlamaForCausalLM, 11,
                            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
     write_gguf(m, cfg, os.path.join(ROOT, "tiny-llama-gqa-tied.gguf"))
-    write_tiny("tiny-llama-untied", L.LlamaConfig, L.LlamaForCausalLM, 12,
+    # Llama-2 style (MHA, untied), with the vocabulary size of the tokenizer fixture tiny-spm so the two pair up
+    write_tiny("tiny-llama-untied", L.LlamaConfig, L.LlamaForCausalLM, 12, vocab_size=tiny_spm_vocab() or 256,
                num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False)
     _, _, d = write_tiny("tiny-llama3-rope", L.LlamaConfig, L.LlamaForCausalLM, 13,
                          num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True,

@@ -124,7 +124,78 @@ def render(t, conv, agp, tools=None):
     return out[0]
 
 
+# Language features one at a time, rendered by the same compiled jinja2 environment transformers uses.
+FEATURES = [
+    ("text", "plain text", {}),
+    ("output", "a{{ x }}b", {"x": "X"}),
+    ("undefined prints nothing", "[{{ missing }}]", {}),
+    ("none and bools", "{{ none }} {{ None }} {{ true }} {{ False }}", {}),
+    ("numbers", "{{ 1 + 2 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 2 * 3 - 1 }} {{ 7 / 2 }} {{ 2 ** 10 }} {{ 1.5 + 1 }} {{ 0.1 + 0.2 }}", {}),
+    ("string escapes", "{{ 'a\\nb\\t\\\"c\\\"' }}|{{ \"it's\" }}|{{ '\\u00e9\\x41' }}", {}),
+    ("string concat", "{{ 'a' + 'b' }}{{ 'n=' ~ 3 ~ none ~ missing }}{{ [1] + [2] }}", {}),
+    ("comment", "a{# gone #}b", {}),
+    ("trim_blocks", "{% if true %}\nx\n{% endif %}\ny", {}),
+    ("lstrip_blocks", "a\n    {% if true %}\n    b\n    {% endif %}\nc", {}),
+    ("lstrip does not touch output tags", "a\n    {{ 'b' }}\n", {}),
+    ("minus trims", "a   {{- 'b' -}}   c  {%- if true -%}  d  {%- endif %}", {}),
+    ("plus disables lstrip", "x\n  {%+ if true %}y{% endif %}", {}),
+    ("comment trims", "a\n  {# c #}\nb {#- c -#} c", {}),
+    ("raw block", "{% raw %}{{ not parsed }}{% endraw %}", {}),
+    ("if elif else", "{% for n in [1, 2, 3] %}{% if n == 1 %}one{% elif n == 2 %}two{% else %}many{% endif %},{% endfor %}", {}),
+    ("for loop variables", "{% for x in items %}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}{{ loop.revindex0 }}{{ loop.first }}{{ loop.last }}{{ loop.length }}{{ loop.previtem }}{{ loop.nextitem }};{% endfor %}", {"items": ["a", "b", "c"]}),
+    ("for else", "{% for x in [] %}x{% else %}empty{% endfor %}", {}),
+    ("for with condition", "{% for x in [1, 2, 3, 4] if x % 2 == 0 %}{{ loop.index }}:{{ x }}{% if not loop.last %},{% endif %}{% endfor %}", {}),
+    ("for unpack items", "{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}{% for k, v in d | items %}{{ k }}{% endfor %}", {"d": {"x": 1, "y": "z"}}),
+    ("for over dict and string", "{% for k in d %}{{ k }}{% endfor %}|{% for c in 'h\u00e9' %}[{{ c }}]{% endfor %}", {"d": {"b": 1, "a": 2}}),
+    ("break continue", "{% for n in [1, 2, 3, 4] %}{% if n == 2 %}{% continue %}{% endif %}{% if n == 4 %}{% break %}{% endif %}{{ n }}{% endfor %}", {}),
+    ("loop cycle", "{% for x in [1, 2, 3] %}{{ loop.cycle('a', 'b') }}{% endfor %}", {}),
+    ("set and scope", "{% set a = 1 %}{% for x in [1] %}{% set a = 2 %}{{ a }}{% endfor %}{{ a }}{% if true %}{% set b = 3 %}{% endif %}{{ b }}", {}),
+    ("namespace", "{% set ns = namespace(total=0, seen=false) %}{% for x in [1, 2, 3] %}{% set ns.total = ns.total + x %}{% if x == 2 %}{% set ns.seen = true %}{% endif %}{% endfor %}{{ ns.total }} {{ ns.seen }}", {}),
+    ("set block", "{% set v %}in {{ 'side' }}{% endset %}[{{ v }}]", {}),
+    ("set tuple", "{% set a, b = 1, 2 %}{{ a }}{{ b }}", {}),
+    ("macro", "{% macro greet(name, punct='!') %}Hi {{ name }}{{ punct }}{% endmacro %}{{ greet('Ann') }} {{ greet('Bo', punct='?') }}", {}),
+    ("call block", "{% macro wrap() %}<{{ caller() }}>{% endmacro %}{% call wrap() %}inner{% endcall %}", {}),
+    ("filter block", "{% filter upper %}shout {{ 'this' }}{% endfilter %}", {}),
+    ("comparisons", "{{ 1 < 2 }}{{ 2 <= 1 }}{{ 'a' == 'a' }}{{ 'a' != 'a' }}{{ 3 > 2 }}{{ 1 >= 1 }}{{ 1 == 1.0 }}{{ 'a' < 'b' }}{{ 1 < 2 < 3 }}", {}),
+    ("logic", "{{ true and false }}{{ true or false }}{{ not true }}{{ not (1 == 2) }}{{ 0 or 'x' }}{{ 'y' and 0 }}", {}),
+    ("in", "{{ 'b' in 'abc' }}{{ 2 in [1, 2] }}{{ 'k' in d }}{{ 'q' not in d }}", {"d": {"k": 1}}),
+    ("tests", "{{ x is defined }}{{ y is defined }}{{ y is not defined }}{{ n is none }}{{ s is string }}{{ d is mapping }}{{ s is iterable }}{{ 3 is iterable }}{{ true is true }}{{ 1 is true }}{{ false is false }}{{ 4 is even }}{{ 3 is odd }}{{ 9 is divisibleby 3 }}{{ 'a' is equalto 'a' }}{{ 1 is number }}{{ 1 is integer }}{{ 1.0 is float }}{{ true is boolean }}", {"x": 1, "n": None, "s": "s", "d": {}}),
+    ("conditional expression", "{{ 'yes' if flag else 'no' }}[{{ 'a' if false }}]{{ 'p' if 0 else 'q' if 1 else 'r' }}", {"flag": True}),
+    ("subscripts and slices", "{{ l[0] }}{{ l[-1] }}{{ l[1:] }}{{ l[:-1] }}{{ l[::-1] }}{{ l[::2] }}{{ s[1:3] }}{{ s[-1] }}{{ d['k'] }}{{ d.k }}[{{ l[10] }}]", {"l": [1, 2, 3, 4], "s": "hello", "d": {"k": "v"}}),
+    ("list and dict literals", "{{ [1, 'a', none, true] }} {{ {'a': 1, 'b': [2.5]} }} {{ (1, 2) }}", {}),
+    ("string methods", "{{ '  x  '.strip() }}|{{ 'xxhixx'.strip('x') }}|{{ '  x'.lstrip() }}|{{ 'x  '.rstrip() }}|{{ 'a,b,,c'.split(',') }}|{{ ' a  b '.split() }}|{{ 'abc'.startswith('ab') }}{{ 'abc'.endswith('bc') }}{{ 'abc'.startswith(('x', 'a')) }}|{{ 'MiX'.upper() }}{{ 'MiX'.lower() }}|{{ 'a-b'.replace('-', '+') }}|{{ \"hello wor'ld\".title() }}|{{ 'hELLO'.capitalize() }}|{{ 'a b'.split(' ', 1) }}", {}),
+    ("dict methods", "{{ d.get('a') }}{{ d.get('z') }}{{ d.get('z', 'dflt') }}{{ d.items() | list }}{{ d.keys() | list }}{{ d.values() | list }}", {"d": {"a": 1, "b": 2}}),
+    ("filters basic", "{{ '  t  ' | trim }}|{{ 'xtx' | trim('x') }}|{{ [1, 2] | length }}|{{ 'h\u00e9' | length }}|{{ 'abc' | count }}|{{ 'Ab' | upper }}{{ 'Ab' | lower }}|{{ 'hello wORLD-x' | title }}|{{ 'hELLO' | capitalize }}|{{ 'aXa' | replace('a', 'b') }}", {}),
+    ("filters sequences", "{{ [1, 2, 3] | join(', ') }}|{{ [1, 2] | join }}|{{ [3, 1] | first }}{{ [3, 1] | last }}|{{ 'ab' | list }}|{{ [3, 1, 2] | sort }}|{{ [1, 2] | reverse | list }}|{{ [1, 1, 2] | unique | list }}|{{ [1, 2] | sum }}|{{ [2, 5, 1] | max }}{{ [2, 5, 1] | min }}", {}),
+    ("filters default", "{{ missing | default('d') }}|{{ missing | d('e') }}|{{ '' | default('f') }}|{{ '' | default('g', true) }}|{{ none | default('h') }}", {}),
+    ("filters conversion", "{{ 3.7 | int }}{{ '42' | int }}{{ 'x' | int }}{{ 'x' | int(7) }}{{ 5 | string }}{{ 2 | float }}{{ -3 | abs }}{{ 2.567 | round(2) }}", {}),
+    ("filters selectattr map", "{{ msgs | selectattr('role', 'equalto', 'user') | map(attribute='content') | join(',') }}|{{ msgs | rejectattr('role', 'equalto', 'user') | list | length }}|{{ msgs | map(attribute='role') | list }}|{{ ['a', 'B'] | map('upper') | join }}|{{ [1, 2, 3, 4] | select('odd') | list }}|{{ [1, 2, 3] | reject('odd') | list }}|{{ items | selectattr('on') | map(attribute='n') | list }}", {"msgs": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}], "items": [{"n": 1, "on": True}, {"n": 2, "on": False}, {"n": 3}]}),
+    ("filter tojson", "{{ d | tojson }}|{{ d | tojson(indent=2) }}|{{ 'caf\u00e9 \"q\" <b>' | tojson }}|{{ [] | tojson }}|{{ {} | tojson(indent=2) }}|{{ d | tojson(sort_keys=true) }}|{{ d | tojson(separators=(',', ':')) }}", {"d": {"z": 1, "a": [True, None, 1.5, "x"], "m": {"k": "v"}}}),
+    ("filter indent", "{{ 'a\nb\n\nc' | indent }}|{{ 'a\nb' | indent(2, true) }}|{{ 'a\n\nb' | indent(1, blank=true) }}", {}),
+    ("filter safe escape", "{{ '<a>' | safe }}{{ '<a&\"b\">' | escape }}", {}),
+    ("range and dict", "{{ range(3) | list }}{{ range(1, 7, 2) | list }}{{ dict(a=1, b='x') }}", {}),
+    ("dict printing with unicode", "{{ {'k': 'caf\u00e9', 'n': none} }}{{ ['it\\'s'] }}", {}),
+    ("float printing", "{{ 1.0 }} {{ 1e20 }} {{ 1e-5 }} {{ 2.5e-3 }} {{ 100.0 / 3 }}", {}),
+    ("raise_exception", "{% if fail %}{{ raise_exception('bad input: ' ~ what) }}{% endif %}ok", {"fail": True, "what": "x"}),
+    ("keep no trailing newline", "line\n", {}),
+    ("only one trailing newline dropped", "line\n\n", {}),
+    ("crlf normalized", "a\r\n{% if true %}\r\nb\r\n{% endif %}", {}),
+    ("undefined attribute of dict", "[{{ d.missing }}][{{ d.missing is defined }}][{{ d['missing'] | default('z') }}]", {"d": {}}),
+    ("is not none", "{{ x is not none }}{{ y is not none }}", {"x": 1, "y": None}),
+]
+
+
 def main():
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+    features = []
+    for name, text, context in FEATURES:
+        case = {"name": name, "template": text, "context": context}
+        try:
+            case["expected"] = _compile_jinja_template(text).render(**context)
+        except Exception as e:
+            case["error"] = str(e)
+            case["error_type"] = type(e).__name__
+        features.append(case)
     cases = []
     for t in TEMPLATES:
         for conv_name, conv in CONVERSATIONS.items():
@@ -165,6 +236,7 @@ def main():
         "conversations": {**CONVERSATIONS, **TOOL_CONVERSATIONS},
         "tools": TOOLS,
         "cases": cases,
+        "features": features,
     }
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:

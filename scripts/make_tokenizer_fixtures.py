@@ -15,6 +15,10 @@ Writes
   smollm2-reduced/tokenizer.json, tokenizer_config.json, chat_template.jinja, generation_config.json
                    the real SmolLM2 tokenizer.json cut down to the vocab entries and merges that the corpus
                    uses (same ids, same pre-tokenizer); the script checks it gives the same ids as the full one.
+  pretokenizer-corpus.json   the corpus split by the `tokenizers` Split pre-tokenizer with the GPT-2, Llama-3 and
+                   Qwen2 regexes (and Digits + GPT-2 for SmolLM), to check the hand-written matchers.
+  smollm2-added-tokens.json   the reduced SmolLM2 tokenizer.json plus added tokens with lstrip / rstrip / single_word,
+      and added-tokens-corpus.json with the ids `tokenizers` gives.
   tiny-spm/        a tiny real SentencePiece BPE model (byte_fallback) converted like LlamaConverter (legacy):
       tokenizer.json, tokenizer_config.json (Llama-2 chat template), tokenizer.model (the SentencePiece model),
       tokenizer.gguf (vocab-only GGUF, tokenizer.ggml.model = "llama", tokens/scores/token_type),
@@ -306,7 +310,59 @@ def make_tiny_spm():
     print(f"tiny-spm: vocab {n}, merges {len(merges)}, {len(cases)} cases")
 
 
+GPT2_REGEX = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+LLAMA3_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+QWEN2_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+
+def make_pretokenizer_corpus():
+    def split(pattern):
+        return pre_tokenizers.Split(tokenizers.Regex(pattern), behavior="isolated", invert=False)
+    pts = {
+        "gpt2": split(GPT2_REGEX),
+        "llama3": split(LLAMA3_REGEX),
+        "qwen2": split(QWEN2_REGEX),
+        "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), split(GPT2_REGEX)]),
+    }
+    texts = [t for t in SMOLLM_CORPUS if t] + ["He'S HERE'LL 'VE", "x \n\n y\r\n\r\nz", "!!!\n\n\nabc", "  \t\n  a"]
+    out = {name: [{"text": t, "fragments": [f for f, _ in pt.pre_tokenize_str(t)]} for t in texts]
+           for name, pt in pts.items()}
+    # The ByteLevel pre-tokenizer's own regex must agree with GPT2_REGEX on this corpus.
+    bl = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    for c in out["gpt2"]:
+        enc = [f for f, _ in bl.pre_tokenize_str(c["text"])]
+        mine = [f for f, _ in pre_tokenizers.Sequence([split(GPT2_REGEX), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]).pre_tokenize_str(c["text"])]
+        check(enc == mine, f"GPT-2 regex differs from ByteLevel on {c['text']!r}")
+    json.dump(out, open(os.path.join(OUT, "pretokenizer-corpus.json"), "w", encoding="utf-8"), ensure_ascii=False, indent=1)
+    print(f"pretokenizer corpus: {len(texts)} texts x {len(pts)} pre-tokenizers")
+
+
+def make_added_tokens():
+    # Added with explicit ids above the real vocabulary (tokenizers' add_tokens would number them from the
+    # reduced vocabulary's length, colliding with real ids).
+    red = json.load(open(os.path.join(OUT, "smollm2-reduced", "tokenizer.json"), encoding="utf-8"))
+    extra = [("<L>", True, False, False, True), ("<R>", False, True, False, True), ("<LR>", True, True, False, True),
+             ("word", False, False, True, False), ("<|im_start|>user", False, False, False, False)]
+    for k, (content, l, r, sw, special) in enumerate(extra):
+        red["added_tokens"].append({"id": 49152 + k, "content": content, "single_word": sw, "lstrip": l, "rstrip": r,
+                                    "normalized": False, "special": special})
+    path = os.path.join(OUT, "smollm2-added-tokens.json")
+    json.dump(red, open(path, "w", encoding="utf-8"), ensure_ascii=False)
+    tok = tokenizers.Tokenizer.from_file(path)
+    check(tok.token_to_id("<LR>") == 49154, "added token ids")
+    texts = ["a <L> b", "a  <L>b", "a <R>  b", "x\n<LR>\n y", "word words sword word.", "<|im_start|>user\nhi",
+             "<|im_start|>assistant", "<L><R><LR>", "   <L>", "<R>   "]
+    cases = [{"text": t, "ids": tok.encode(t, add_special_tokens=False).ids,
+              "decoded_skip_special": tok.decode(tok.encode(t, add_special_tokens=False).ids, skip_special_tokens=True)}
+             for t in texts]
+    json.dump({"cases": cases}, open(os.path.join(OUT, "added-tokens-corpus.json"), "w", encoding="utf-8"),
+              ensure_ascii=False, indent=1)
+    print(f"added tokens: {len(cases)} cases")
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     make_smollm2()
+    make_pretokenizer_corpus()
+    make_added_tokens()
     make_tiny_spm()

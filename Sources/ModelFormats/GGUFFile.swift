@@ -357,3 +357,44 @@ extension String {
         self = String([hex[Int(byte >> 4)], hex[Int(byte & 15)]])
     }
 }
+
+// MARK: - Typed metadata access that throws errors naming the file and key
+
+extension GGUFFile {
+    private func value(_ key: String, expected: String) throws -> GGUFValue {
+        guard let v = metadata[key] else {
+            throw ModelFormatError.invalidValue(file: path, field: key, value: "missing", expected: expected)
+        }
+        return v
+    }
+
+    /// A STRING value; throws if missing or of another type.
+    public func string(_ key: String) throws -> String {
+        let v = try value(key, expected: "a STRING")
+        guard let s = v.string else { throw ModelFormatError.invalidValue(file: path, field: key, value: "\(v)", expected: "a STRING") }
+        return s
+    }
+
+    /// Any integer value as Int; throws if missing or not an integer.
+    public func int(_ key: String) throws -> Int {
+        let v = try value(key, expected: "an integer")
+        guard let i = v.int else { throw ModelFormatError.invalidValue(file: path, field: key, value: "\(v)", expected: "an integer") }
+        return i
+    }
+
+    /// A FLOAT32/FLOAT64 (or integer) value as Float; throws if missing or not numeric.
+    public func float(_ key: String) throws -> Float {
+        let v = try value(key, expected: "a number")
+        guard let f = v.float else { throw ModelFormatError.invalidValue(file: path, field: key, value: "\(v)", expected: "a number") }
+        return f
+    }
+
+    /// An ARRAY of STRING; throws if missing or of another type.
+    public func stringArray(_ key: String) throws -> [String] {
+        let v = try value(key, expected: "an ARRAY of STRING")
+        guard let a = v.stringArray else {
+            throw ModelFormatError.invalidValue(file: path, field: key, value: String("\(v)".prefix(80)), expected: "an ARRAY of STRING")
+        }
+        return a
+    }
+}

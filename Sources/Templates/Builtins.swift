@@ -25,7 +25,7 @@ extension Interpreter {
                 return bound { args in
                     guard let p = args.value(0, "prefix") else { throw BuiltinError("missing argument") }
                     let options: [Value]
-                    if case .array(let a) = p { options = a } else { options = [p] }
+                    if let a = p.items { options = a } else { options = [p] }
                     for o in options {
                         guard case .string(let x) = o else { throw BuiltinError("argument must be str, not \(o.typeName)") }
                         let xs = Array(x.unicodeScalars)
@@ -97,12 +97,12 @@ extension Interpreter {
                     guard case .string(let k)? = args.value(0, "key") else { return args.value(1, "default") ?? .none }
                     return d[k] ?? args.value(1, "default") ?? .none
                 }
-            case "items": return bound { _ in .array(d.pairs.map { .array([.string($0.0), $0.1]) }) }
+            case "items": return bound { _ in .array(d.pairs.map { .tuple([.string($0.0), $0.1]) }) }
             case "keys": return bound { _ in .array(d.keys.map { .string($0) }) }
             case "values": return bound { _ in .array(d.values) }
             default: return nil
             }
-        case .array(let a):
+        case .array(let a), .tuple(let a):
             switch name {
             case "index":
                 return bound { args in
@@ -153,7 +153,7 @@ extension Interpreter {
             case "length", "count":
                 switch v {
                 case .string(let s): return .int(s.unicodeScalars.count)
-                case .array(let a): return .int(a.count)
+                case .array(let a), .tuple(let a): return .int(a.count)
                 case .dict(let d): return .int(d.count)
                 case .undefined: return .int(0)
                 case .namespace(let ns): return .int(ns.attributes.count)
@@ -172,14 +172,14 @@ extension Interpreter {
                 return .array(try iterate(v, line: line).reversed())
             case "items":
                 switch v {
-                case .dict(let d): return .array(d.pairs.map { .array([.string($0.0), $0.1]) })
+                case .dict(let d): return .array(d.pairs.map { .tuple([.string($0.0), $0.1]) })
                 case .undefined: return .array([])
                 default: throw fail("can only get item pairs from a mapping, not \(v.typeName)")
                 }
             case "dictsort":
                 guard case .dict(let d) = v else { throw fail("can only sort a mapping") }
                 let sorted = d.pairs.sorted { pyStringLess($0.0.lowercased(), $1.0.lowercased()) }
-                return .array(sorted.map { .array([.string($0.0), $0.1]) })
+                return .array(sorted.map { .tuple([.string($0.0), $0.1]) })
             case "default", "d":
                 let def = arg(0, "default_value") ?? .string("")
                 let boolean = arg(1, "boolean")?.truthy ?? false
@@ -231,7 +231,7 @@ extension Interpreter {
                 let indent = arg(0, "indent")
                 let sortKeys = args.keyword.first { $0.0 == "sort_keys" }?.1.truthy ?? false
                 var separators: (String, String)?
-                if case .array(let seps)? = args.keyword.first(where: { $0.0 == "separators" })?.1, seps.count == 2 {
+                if let seps = args.keyword.first(where: { $0.0 == "separators" })?.1.items, seps.count == 2 {
                     separators = (seps[0].str, seps[1].str)
                 }
                 var indentString: String?
@@ -363,9 +363,9 @@ extension Interpreter {
         case "string": if case .string = v { return true }; return false
         case "mapping": if case .dict = v { return true }; return false
         case "iterable":
-            switch v { case .string, .array, .dict, .namespace, .undefined: return true; default: return false }
+            switch v { case .string, .array, .tuple, .dict, .namespace, .undefined: return true; default: return false }
         case "sequence":
-            switch v { case .string, .array, .dict, .undefined: return true; default: return false }
+            switch v { case .string, .array, .tuple, .dict, .undefined: return true; default: return false }
         case "number": switch v { case .int, .double, .bool: return true; default: return false }
         case "integer": if case .int = v { return true }; return false
         case "float": if case .double = v { return true }; return false
@@ -420,7 +420,7 @@ extension Interpreter {
             if d.isInfinite { return d < 0 ? "-Infinity" : "Infinity" }
             return pythonFloat(d)
         case .string(let s): return jsonString(s)
-        case .array(let a):
+        case .array(let a), .tuple(let a):
             if a.isEmpty { return "[]" }
             let inner = try a.map { try toJSON($0, indent: indent, separators: separators, sortKeys: sortKeys, level: level + 1) }
             return "[" + newline(level + 1) + inner.joined(separator: itemSep + newline(level + 1)) + newline(level) + "]"

@@ -226,6 +226,8 @@ final class Interpreter {
             return lookup(n)
         case .list(let items):
             return .array(try items.map { try eval($0) })
+        case .tuple(let items):
+            return .tuple(try items.map { try eval($0) })
         case .dict(let pairs):
             var d = OrderedDict()
             for (k, v) in pairs {
@@ -329,7 +331,7 @@ final class Interpreter {
             return method(v, k) ?? .undefined("'dict object' has no attribute '\(k)'")
         case let (.namespace(ns), .string(k)):
             return ns.attributes[k] ?? .undefined("'Namespace' object has no attribute '\(k)'")
-        case let (.array(a), _):
+        case let (.array(a), _), let (.tuple(a), _):
             guard let i = intValue(key) else {
                 if case .string(let s) = key { return method(v, s) ?? .undefined("'list object' has no attribute '\(s)'") }
                 throw TemplateError.runtime(message: "list indices must be integers, not \(key.typeName)", line: line)
@@ -378,6 +380,7 @@ final class Interpreter {
         }
         switch v {
         case .array(let a): return .array(try indices(a.count).map { a[$0] })
+        case .tuple(let a): return .tuple(try indices(a.count).map { a[$0] })
         case .string(let s):
             let u = Array(s.unicodeScalars)
             var r = String.UnicodeScalarView()
@@ -392,7 +395,7 @@ final class Interpreter {
 
     func iterate(_ v: Value, line: Int) throws -> [Value] {
         switch v {
-        case .array(let a): return a
+        case .array(let a), .tuple(let a): return a
         case .dict(let d): return d.keys.map { .string($0) }
         case .string(let s): return s.unicodeScalars.map { .string(String($0)) }
         case .undefined: return []
@@ -414,6 +417,7 @@ final class Interpreter {
         switch (op, a, b) {
         case let ("+", .string(x), .string(y)): return .string(x + y)
         case let ("+", .array(x), .array(y)): return .array(x + y)
+        case let ("+", .tuple(x), .tuple(y)): return .tuple(x + y)
         case let ("*", .string(s), n), let ("*", n, .string(s)):
             guard let k = intValue(n), !isFloat(n) else { throw fail() }
             return .string(String(repeating: s, count: max(0, k)))
@@ -495,7 +499,7 @@ final class Interpreter {
                                             line: line)
             }
             return findScalars(Array(s.unicodeScalars), Array(sub.unicodeScalars), from: 0) != nil
-        case .array(let a): return a.contains { valuesEqual($0, item) }
+        case .array(let a), .tuple(let a): return a.contains { valuesEqual($0, item) }
         case .dict(let d):
             if case .string(let k) = item { return d[k] != nil }
             return false
@@ -541,7 +545,8 @@ func valuesEqual(_ a: Value, _ b: Value) -> Bool {
     switch (a, b) {
     case (.undefined, .undefined), (.none, .none): return true
     case let (.string(x), .string(y)): return x.unicodeScalars.elementsEqual(y.unicodeScalars)
-    case let (.array(x), .array(y)): return x.count == y.count && zip(x, y).allSatisfy { valuesEqual($0, $1) }
+    case let (.array(x), .array(y)), let (.tuple(x), .tuple(y)):
+        return x.count == y.count && zip(x, y).allSatisfy { valuesEqual($0, $1) }
     case let (.dict(x), .dict(y)):
         return x.count == y.count && x.pairs.allSatisfy { k, v in y[k].map { valuesEqual(v, $0) } ?? false }
     case let (.namespace(x), .namespace(y)): return x === y
@@ -567,7 +572,7 @@ func orderedCompare(_ a: Value, _ b: Value) -> Int? {
             case let (p?, q?): if p != q { return p.value < q.value ? -1 : 1 }
             }
         }
-    case let (.array(x), .array(y)):
+    case let (.array(x), .array(y)), let (.tuple(x), .tuple(y)):
         for (p, q) in zip(x, y) where !valuesEqual(p, q) { return orderedCompare(p, q) }
         return x.count == y.count ? 0 : (x.count < y.count ? -1 : 1)
     default:

@@ -6,6 +6,7 @@ final class Expr {
         case literal(Value)
         case name(String)
         case list([Expr])
+        case tuple([Expr])
         case dict([(Expr, Expr)])
         case attribute(Expr, String)
         case item(Expr, Expr)
@@ -296,7 +297,7 @@ struct TokenStream {
         guard peekOp(",") else { return first }
         var items = [first]
         while skipOp(",") { if i >= tokens.count { break }; items.append(try parseExpression()) }
-        return Expr(.list(items), line: first.line)
+        return Expr(.tuple(items), line: first.line)
     }
 
     mutating func parseExpression(noConditional: Bool = false) throws -> Expr {
@@ -418,13 +419,13 @@ struct TokenStream {
             return Expr(.literal(.double(Double(t.text) ?? .nan)), line: t.line)
         case .op where t.text == "(":
             i += 1
-            if skipOp(")") { return Expr(.list([]), line: t.line) }
+            if skipOp(")") { return Expr(.tuple([]), line: t.line) }
             let e = try parseExpression()
             if peekOp(",") {
                 var items = [e]
                 while skipOp(",") { if peekOp(")") { break }; items.append(try parseExpression()) }
                 try expectOp(")")
-                return Expr(.list(items), line: t.line)
+                return Expr(.tuple(items), line: t.line)
             }
             try expectOp(")")
             return e

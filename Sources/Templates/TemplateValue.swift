@@ -116,6 +116,8 @@ indirect enum Value {
     case double(Double)
     case string(String)
     case array([Value])
+    /// A Python tuple: behaves as a list but prints as `(a, b)` (dict.items() pairs, `(x, y)` literals).
+    case tuple([Value])
     case dict(OrderedDict)
     case namespace(Namespace)
     case function(Function)
@@ -132,6 +134,11 @@ indirect enum Value {
         }
     }
 
+    /// The items of a list or tuple.
+    var items: [Value]? {
+        switch self { case .array(let a), .tuple(let a): return a; default: return nil }
+    }
+
     var isUndefined: Bool { if case .undefined = self { return true } else { return false } }
 
     /// Python truthiness (Undefined is falsy).
@@ -142,7 +149,7 @@ indirect enum Value {
         case .int(let i): return i != 0
         case .double(let d): return d != 0
         case .string(let s): return !s.isEmpty
-        case .array(let a): return !a.isEmpty
+        case .array(let a), .tuple(let a): return !a.isEmpty
         case .dict(let d): return d.count > 0
         case .namespace, .function: return true
         }
@@ -158,6 +165,7 @@ indirect enum Value {
         case .double: return "float"
         case .string: return "str"
         case .array: return "list"
+        case .tuple: return "tuple"
         case .dict: return "dict"
         case .namespace: return "Namespace"
         case .function: return "function"
@@ -183,6 +191,7 @@ indirect enum Value {
         case .double(let d): return pythonFloat(d)
         case .string(let s): return pythonStringRepr(s)
         case .array(let a): return "[" + a.map(\.repr).joined(separator: ", ") + "]"
+        case .tuple(let a): return "(" + a.map(\.repr).joined(separator: ", ") + (a.count == 1 ? ",)" : ")")
         case .dict(let d):
             return "{" + d.pairs.map { pythonStringRepr($0.0) + ": " + $0.1.repr }.joined(separator: ", ") + "}"
         case .namespace(let ns):

@@ -99,7 +99,7 @@ func greedyIds(_ model: LlamaModel, prompt: [Int], steps: Int) throws -> [Int] {
     }
 
     @Test func forwardRejectsBadInput() throws {
-        let model = try LlamaModel(huggingFaceDirectory: Fixtures.path("llama/tiny-llama-untied"), maxContext: 8)
+        let model = try LlamaModel(huggingFaceDirectory: Fixtures.path("llama/tiny-llama-gqa-tied"), maxContext: 8)
         #expect(throws: LlamaError.invalidInput(field: "tokens[1]", value: "256", expected: "0 ..< 256")) {
             try model.forward(tokens: [1, 256], startPosition: 0)
         }

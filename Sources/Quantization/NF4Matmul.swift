@@ -1,0 +1,106 @@
+import Kernels
+import _CKernels
+
+/// Reusable scratch for `NF4Matmul`: one float32 tile of dequantized weight rows. Create once per
+/// model (or per thread) and pass to every call; calls never allocate.
+public final class NF4Workspace: @unchecked Sendable {
+    /// Capacity in floats.
+    public private(set) var capacity: Int
+    @usableFromInline private(set) var buffer: UnsafeMutablePointer<Float>
+
+    /// A workspace of `capacity` floats (default 256 Ki floats = 1 MiB, e.g. 455 rows of 576).
+    public init(capacity: Int = 1 << 18) {
+        self.capacity = max(capacity, 1)
+        buffer = .allocate(capacity: self.capacity)
+    }
+
+    deinit { buffer.deallocate() }
+
+    /// Grows to at least `floats` (only when a weight row is longer than the capacity: once, not per call).
+    func reserve(_ floats: Int) {
+        guard floats > capacity else { return }
+        buffer.deallocate()
+        buffer = .allocate(capacity: floats)
+        capacity = floats
+    }
+}
+
+/// Products with a frozen 4-bit weight W [out, in] (QuantizedTensor4Bit), llm.c style:
+/// outputs first, then inputs, then sizes. Row-major; `rows` = number of token rows.
+public enum NF4Matmul {
+    /// out[rows, out] = inp[rows, in] · Wᵀ. Dequantizes W a tile of rows at a time into the
+    /// workspace and calls sgemm per tile; rows == 1 uses the fused GEMV instead.
+    public static func forward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
+                               weight: QuantizedTensor4Bit, rows: Int, workspace: NF4Workspace) {
+        let (n, k) = (weight.rows, weight.columns)
+        if rows == 1 { gemv(out: out, inp: inp, weight: weight); return }
+        forEachTile(weight, workspace) { r0, tile, w in
+            // out[:, r0..<r0+tile] = inp · w[tile, k]ᵀ
+            BLAS.sgemm(transB: true, m: rows, n: tile, k: k, a: inp, b: w, c: out + r0, ldc: n)
+        }
+    }
+
+    /// dInp[rows, in] (+)= dOut[rows, out] · W. Overwrites dInp unless `accumulate`.
+    public static func backwardInput(dInp: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Float>,
+                                     weight: QuantizedTensor4Bit, rows: Int, workspace: NF4Workspace,
+                                     accumulate: Bool = false) {
+        let (n, k) = (weight.rows, weight.columns)
+        var first = !accumulate
+        forEachTile(weight, workspace) { r0, tile, w in
+            BLAS.sgemm(m: rows, n: k, k: tile, a: dOut + r0, lda: n, b: w, beta: first ? 0 : 1, c: dInp)
+            first = false
+        }
+    }
+
+    /// y[out] = W · x[in], dequantizing in registers; output rows split across the cores.
+    public static func gemv(out y: UnsafeMutablePointer<Float>, inp x: UnsafePointer<Float>,
+                            weight: QuantizedTensor4Bit) {
+        let (n, k) = (weight.rows, weight.columns)
+        var cw = weight.cWeight
+        let work = n * k
+        let chunks = work < 1 << 16 ? 1 : min(coreCount * 4, max(1, n / 16))
+        withUnsafePointer(to: &cw) { w in
+            parallelFor(chunks) { c in
+                let r0 = n * c / chunks, r1 = n * (c + 1) / chunks
+                qlora_nf4_gemv(y + r0, w, x, Int64(r0), Int64(r1), Int64(k))
+            }
+        }
+    }
+
+    /// Naive reference: y = W · x with W dequantized element by element (float32 sums). For tests.
+    public static func gemvReference(weight: QuantizedTensor4Bit, x: [Float]) -> [Float] {
+        let w = weight.dequantizeReference(roundToDType: false)
+        let (n, k) = (weight.rows, weight.columns)
+        return (0..<n).map { r in
+            var s: Double = 0
+            for c in 0..<k { s += Double(w[r * k + c]) * Double(x[c]) }
+            return Float(s)
+        }
+    }
+
+    /// Calls body(firstRow, tileRows, tile) for consecutive row tiles of W dequantized into the workspace.
+    @inline(__always)
+    static func forEachTile(_ weight: QuantizedTensor4Bit, _ workspace: NF4Workspace,
+                            _ body: (Int, Int, UnsafePointer<Float>) -> Void) {
+        let (n, k) = (weight.rows, weight.columns)
+        workspace.reserve(k)
+        let tileRows = max(1, min(n, workspace.capacity / k))
+        let buf = workspace.buffer
+        var cw = weight.cWeight
+        withUnsafePointer(to: &cw) { w in
+            var r0 = 0
+            while r0 < n {
+                let tile = min(tileRows, n - r0)
+                // Dequantize the tile on all cores (flat range; blocks may cross rows).
+                let total = tile * k
+                let parts = total < 1 << 15 ? 1 : coreCount
+                parallelFor(parts) { p in
+                    let a = total * p / parts, b = total * (p + 1) / parts
+                    qlora_nf4_dequantize(buf + a, w, Int64(r0 * k + a), Int64(b - a))
+                }
+                body(r0, tile, UnsafePointer(buf))
+                r0 += tile
+            }
+        }
+    }
+}

@@ -1,0 +1,41 @@
+// 4-bit blockwise weights (bitsandbytes NF4 / FP4 layout, optionally double-quantized absmax):
+// dequantization into a caller buffer and the fused matrix-vector product used for decoding.
+// Never allocates, never prints. Sizes are int64_t; outputs come first (llm.c order).
+//
+// Layout (SPEC §1.3, §2): the weight [rows, cols] is flattened row-major; element i has the 4-bit
+// code in byte i/2, HIGH nibble for even i; block b = elements [b·blocksize, (b+1)·blocksize)
+// (blocks ignore row boundaries). Block scale: absmax[b], or with double quantization
+// nested_map[qabsmax[b]] · nested_absmax[b / nested_blocksize] + offset (two float32 roundings,
+// as bitsandbytes). Value = code[nibble] · scale (float32).
+#ifndef QLORA_NF4_H
+#define QLORA_NF4_H
+#include <stdint.h>
+
+typedef struct {
+    const uint8_t *packed;          // (n + 1) / 2 bytes
+    const float *absmax;            // nb float32 scales, or NULL when double-quantized
+    const uint8_t *qabsmax;         // nb 8-bit codes (double quantization), else NULL
+    const float *nested_absmax;     // ceil(nb / nested_blocksize) (double quantization)
+    const float *nested_map;        // 256-entry dynamic map (double quantization)
+    const float *code;              // 16-entry table indexed by the 4-bit code
+    float offset;                   // double quantization offset
+    int64_t blocksize;              // 32 … 4096, a power of two
+    int64_t nested_blocksize;       // 256
+} qlora_nf4_weight;
+
+/// Forces the portable bodies of the qlora_nf4_* kernels (force != 0) or restores run-time choice.
+void qlora_nf4_force_portable(int force);
+
+/// out[k] = scale of block block_begin + k, for block_begin ≤ b < block_end (bitsandbytes-exact).
+void qlora_nf4_block_scales(float *out, const qlora_nf4_weight *w, int64_t block_begin, int64_t block_end);
+
+/// out[k] = value of flat element start + k, k < count (bitsandbytes-exact float32).
+/// For a tile of rows r0..<r1 of a [rows, cols] weight: start = r0·cols, count = (r1 − r0)·cols.
+void qlora_nf4_dequantize(float *out, const qlora_nf4_weight *w, int64_t start, int64_t count);
+
+/// y[r − row_begin] = Σ_c W[r, c] · x[c] for row_begin ≤ r < row_end; W is [·, cols].
+/// Dequantizes in registers; the block scale multiplies each block's partial dot product.
+void qlora_nf4_gemv(float *y, const qlora_nf4_weight *w, const float *x, int64_t row_begin, int64_t row_end,
+                    int64_t cols);
+
+#endif

@@ -1,0 +1,167 @@
+// 4-bit blockwise (NF4 / FP4 / Int4) dequantization and fused matrix-vector product. See nf4.h.
+#include "nf4.h"
+#include "CKernels.h"
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define QLORA_X86 1
+#endif
+
+// bitsandbytes rounds after every multiply and add: never fuse them into an FMA here
+// (the dot products in gemv may use FMA: they are not bit-matched to anything).
+#pragma STDC FP_CONTRACT OFF
+
+static int nf4_force_portable = 0;
+void qlora_nf4_force_portable(int force) { nf4_force_portable = force; }
+static inline int nf4_use_avx2(void) { return !nf4_force_portable && qlora_cpu_has_avx2(); }
+
+static inline float block_scale(const qlora_nf4_weight *w, int64_t b) {
+    if (w->qabsmax == 0) return w->absmax[b];
+    float s = w->nested_map[w->qabsmax[b]] * w->nested_absmax[b / w->nested_blocksize];
+    float r = s + w->offset;
+    return r;
+}
+
+static inline int nibble(const uint8_t *packed, int64_t i) {
+    uint8_t byte = packed[i >> 1];
+    return (i & 1) ? (byte & 0x0F) : (byte >> 4);
+}
+
+void qlora_nf4_block_scales(float *out, const qlora_nf4_weight *w, int64_t block_begin, int64_t block_end) {
+    for (int64_t b = block_begin; b < block_end; b++) out[b - block_begin] = block_scale(w, b);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Portable bodies (also the reference for heads and tails of the vector loops).
+
+static void dequantize_portable(float *out, const qlora_nf4_weight *w, int64_t start, int64_t count) {
+    const int64_t bs = w->blocksize;
+    int64_t i = start, end = start + count;
+    while (i < end) {
+        int64_t b = i / bs;
+        int64_t stop = (b + 1) * bs < end ? (b + 1) * bs : end;
+        float scale = block_scale(w, b);
+        for (; i < stop; i++) out[i - start] = w->code[nibble(w->packed, i)] * scale;
+    }
+}
+
+static void gemv_portable(float *y, const qlora_nf4_weight *w, const float *x, int64_t row_begin, int64_t row_end,
+                          int64_t cols) {
+    const int64_t bs = w->blocksize;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        int64_t i = r * cols, end = i + cols;
+        float sum = 0.0f;
+        while (i < end) {
+            int64_t b = i / bs;
+            int64_t stop = (b + 1) * bs < end ? (b + 1) * bs : end;
+            float part = 0.0f;
+            for (; i < stop; i++) part += w->code[nibble(w->packed, i)] * x[i - r * cols];
+            sum += part * block_scale(w, b);
+        }
+        y[r - row_begin] = sum;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 bodies. 16 packed bytes = 32 elements; 32 divides every valid block size, so a 32-element
+// chunk that starts at a multiple of 32 never crosses a block.
+
+#ifdef QLORA_X86
+#define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
+
+// code[idx] for 8 int32 indices in 0…15: two 8-entry permutes, chosen by bit 3.
+AVX2_TARGET static inline __m256 lut16(__m256 lo, __m256 hi, __m256i idx) {
+    __m256 a = _mm256_permutevar8x32_ps(lo, idx);
+    __m256 b = _mm256_permutevar8x32_ps(hi, idx);
+    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
+
+// The 32 codes of 16 bytes, in element order, as four vectors of 8 int32.
+AVX2_TARGET static inline void unpack32(const uint8_t *p, __m256i idx[4]) {
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    __m128i raw = _mm_loadu_si128((const __m128i *)p);
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+    __m128i lo = _mm_and_si128(raw, m4);
+    __m128i e0 = _mm_unpacklo_epi8(hi, lo);
+    __m128i e1 = _mm_unpackhi_epi8(hi, lo);
+    idx[0] = _mm256_cvtepu8_epi32(e0);
+    idx[1] = _mm256_cvtepu8_epi32(_mm_srli_si128(e0, 8));
+    idx[2] = _mm256_cvtepu8_epi32(e1);
+    idx[3] = _mm256_cvtepu8_epi32(_mm_srli_si128(e1, 8));
+}
+
+AVX2_TARGET static void dequantize_avx2(float *out, const qlora_nf4_weight *w, int64_t start, int64_t count) {
+    int64_t end = start + count;
+    int64_t head = (start + 31) / 32 * 32;
+    if (head > end) head = end;
+    if (head > start) dequantize_portable(out, w, start, head - start);
+    const __m256 lo = _mm256_loadu_ps(w->code), hi = _mm256_loadu_ps(w->code + 8);
+    const int64_t bs = w->blocksize;
+    int64_t i = head;
+    for (; i + 32 <= end; i += 32) {
+        __m256 s = _mm256_set1_ps(block_scale(w, i / bs));
+        __m256i idx[4];
+        unpack32(w->packed + (i >> 1), idx);
+        float *o = out + (i - start);
+        _mm256_storeu_ps(o, _mm256_mul_ps(lut16(lo, hi, idx[0]), s));
+        _mm256_storeu_ps(o + 8, _mm256_mul_ps(lut16(lo, hi, idx[1]), s));
+        _mm256_storeu_ps(o + 16, _mm256_mul_ps(lut16(lo, hi, idx[2]), s));
+        _mm256_storeu_ps(o + 24, _mm256_mul_ps(lut16(lo, hi, idx[3]), s));
+    }
+    if (i < end) dequantize_portable(out + (i - start), w, i, end - i);
+}
+
+AVX2_TARGET static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// Requires cols % blocksize == 0 (rows start on a block, hence on a byte and a 32-chunk).
+AVX2_TARGET static void gemv_avx2(float *y, const qlora_nf4_weight *w, const float *x, int64_t row_begin,
+                                  int64_t row_end, int64_t cols) {
+    const __m256 lo = _mm256_loadu_ps(w->code), hi = _mm256_loadu_ps(w->code + 8);
+    const int64_t bs = w->blocksize;
+    const int64_t blocks_per_row = cols / bs;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const uint8_t *p = w->packed + ((r * cols) >> 1);
+        int64_t b0 = r * blocks_per_row;
+        __m256 total = _mm256_setzero_ps();
+        for (int64_t bb = 0; bb < blocks_per_row; bb++) {
+            const float *xb = x + bb * bs;
+            const uint8_t *pb = p + ((bb * bs) >> 1);
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            for (int64_t c = 0; c < bs; c += 32) {
+                __m256i idx[4];
+                unpack32(pb + (c >> 1), idx);
+                a0 = _mm256_fmadd_ps(lut16(lo, hi, idx[0]), _mm256_loadu_ps(xb + c), a0);
+                a1 = _mm256_fmadd_ps(lut16(lo, hi, idx[1]), _mm256_loadu_ps(xb + c + 8), a1);
+                a0 = _mm256_fmadd_ps(lut16(lo, hi, idx[2]), _mm256_loadu_ps(xb + c + 16), a0);
+                a1 = _mm256_fmadd_ps(lut16(lo, hi, idx[3]), _mm256_loadu_ps(xb + c + 24), a1);
+            }
+            total = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(block_scale(w, b0 + bb)), total);
+        }
+        y[r - row_begin] = hsum(total);
+    }
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Entry points.
+
+void qlora_nf4_dequantize(float *out, const qlora_nf4_weight *w, int64_t start, int64_t count) {
+    if (count <= 0) return;
+#ifdef QLORA_X86
+    if (nf4_use_avx2()) { dequantize_avx2(out, w, start, count); return; }
+#endif
+    dequantize_portable(out, w, start, count);
+}
+
+void qlora_nf4_gemv(float *y, const qlora_nf4_weight *w, const float *x, int64_t row_begin, int64_t row_end,
+                    int64_t cols) {
+    if (row_end <= row_begin) return;
+#ifdef QLORA_X86
+    if (nf4_use_avx2() && cols % w->blocksize == 0) { gemv_avx2(y, w, x, row_begin, row_end, cols); return; }
+#endif
+    gemv_portable(y, w, x, row_begin, row_end, cols);
+}
