@@ -103,6 +103,10 @@ public struct BPEConfiguration: Sendable {
     public var eosTokenId: Int?
     public var padTokenId: Int?
     public var unknownTokenId: Int?
+    /// Text the vocabulary cannot represent (after byte fallback) encodes as `unknownTokenId`. When false,
+    /// or when there is no unknown token, it is dropped, as Hugging Face BPE without `unk_token` and
+    /// llama.cpp's byte-level tokenizer do (SmolLM2's vocabulary lacks 21 of the 256 byte symbols).
+    public var encodesUnknownText: Bool
     /// `encode(_:addSpecialTokens: true)` puts BOS first / EOS last.
     public var addBOS: Bool
     public var addEOS: Bool
@@ -110,7 +114,7 @@ public struct BPEConfiguration: Sendable {
     public init(model: Model, tokens: [String?], tokenTypes: [BPETokenType]? = nil, mergePriority: MergePriority,
                 addedTokens: [BPEAddedToken] = [], ignoreMerges: Bool = false, byteFallback: Bool = false,
                 fuseUnknown: Bool = false, bosTokenId: Int? = nil, eosTokenId: Int? = nil, padTokenId: Int? = nil,
-                unknownTokenId: Int? = nil, addBOS: Bool = false, addEOS: Bool = false) {
+                unknownTokenId: Int? = nil, encodesUnknownText: Bool = true, addBOS: Bool = false, addEOS: Bool = false) {
         self.model = model
         self.tokens = tokens
         self.tokenTypes = tokenTypes
@@ -123,6 +127,7 @@ public struct BPEConfiguration: Sendable {
         self.eosTokenId = eosTokenId
         self.padTokenId = padTokenId
         self.unknownTokenId = unknownTokenId
+        self.encodesUnknownText = encodesUnknownText
         self.addBOS = addBOS
         self.addEOS = addEOS
     }

@@ -134,6 +134,9 @@ public final class BPETokenizer: Sendable {
                 throw BPEConfigurationError(field: "scores", value: "\(scores.count) entries",
                                             reason: "expected one per token (\(c.tokens.count))")
             }
+            if let bad = scores.firstIndex(where: { !$0.isFinite }) {
+                throw BPEConfigurationError(field: "scores[\(bad)]", value: "\(scores[bad])", reason: "not a finite number")
+            }
             // Dense rank of the distinct scores, highest first: equal scores share a priority.
             let distinct = Array(Set(scores)).sorted(by: >)
             var rankOf = [Float: Int](minimumCapacity: distinct.count)
@@ -232,6 +235,7 @@ public final class BPETokenizer: Sendable {
                         continue
                     }
                 }
+                if !emitsUnknown && symbols.contains(-1) { symbols.removeAll { $0 < 0 } }
                 merge(&symbols)
                 appendResolved(symbols, into: &out)
             }
@@ -290,7 +294,7 @@ public final class BPETokenizer: Sendable {
                     continue
                 }
             }
-            if let unk = unknownTokenId {
+            if emitsUnknown, let unk = unknownTokenId {
                 if !(configuration.fuseUnknown && previousUnknown) { out.append(Int32(unk)) }
                 previousUnknown = true
             }
@@ -391,6 +395,8 @@ public final class BPETokenizer: Sendable {
         if stripsLeadingSpace && bytes.first == 0x20 { bytes.removeFirst() }
         return String(decoding: bytes, as: UTF8.self)
     }
+
+    private var emitsUnknown: Bool { configuration.encodesUnknownText && unknownTokenId != nil }
 
     /// SentencePiece decoding drops the space the encoder put before the text.
     var stripsLeadingSpace: Bool { !isByteLevel && spm.decodeStripsLeadingSpace }

@@ -48,7 +48,7 @@ public final class MappedFile: @unchecked Sendable {
     }
 
     /// An in-memory copy of `bytes` standing in for a file named `path` (tests, fuzzing).
-    init(path: String, bytes: [UInt8]) {
+    public init(path: String, bytes: [UInt8]) {
         self.path = path
         size = bytes.count
         mapped = nil

@@ -124,7 +124,11 @@ private func hexBytes(_ s: String) -> [UInt8] {
     }
 
     @Test func appendixC4Linear4bitWeight() throws {
-        let x = (0..<384).map { i in Float((i * 13) % 97 - 48) / Float(1 << (5 + (i / 64) % 3)) }
+        let x: [Float] = (0..<384).map { (i: Int) -> Float in
+            let num: Int = (i * 13) % 97 - 48
+            let shift: Int = 5 + (i / 64) % 3
+            return Float(num) / Float(1 << shift)
+        }
         let q = try QuantizedTensor4Bit.quantize(x, shape: [3, 128], dtype: .bfloat16, doubleQuant: true)
         guard case .doubleQuantized(let dq) = q.scales else { Issue.record("not double-quantized"); return }
         #expect(dq.codes == [255, 56, 14, 255, 56, 14])
@@ -133,7 +137,7 @@ private func hexBytes(_ s: String) -> [UInt8] {
         #expect(q.packed == hexBytes("01358bdf0247ace01358bef1247ade01359cef1247ade01369cef1247ade01369cef1258bde01369cef1258bdf0246ace01358bdf0247ace01358bef1247ade01359cef1247ade01369cef1247ade01369cef1258bde01369cef1258bdf0246ace01358bdf0247ace01358bef1247ade01359cef1247ade01369cef1247ade01369cef1258bde01369cef1258bdf0246ace01358bdf0247ace01358bef1247ade01359cef1247ade01369cef1247ade01369cef1258bde01369cef1258bdf024"))
         #expect(SHA256.hex(q.dequantizedBytes()) == "f4c2bc70526f2dd0ec61ae83b2cb0d3581fa9ff96e937730b29e7a25cfa7d84e")
         let d = q.dequantize()
-        let rowSums = (0..<3).map { r in d[(r * 128)..<(r * 128 + 128)].reduce(Float(0), +) }
+        let rowSums: [Float] = (0..<3).map { (r: Int) -> Float in d[(r * 128)..<(r * 128 + 128)].reduce(0, +) }
         #expect(rowSums == [-3.3701171875, -1.3896484375, 0.723388671875])
     }
 

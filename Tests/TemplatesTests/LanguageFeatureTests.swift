@@ -35,7 +35,7 @@ import _TestSupport
     @Test func syntaxErrorNamesLineColumnAndToken() {
         let source = "line one\n{% if x %}\n  {{ a + }}\n{% endif %}"
         #expect(throws: TemplateError.syntax(message: "expected an expression, got the end of the tag",
-                                             line: 3, column: 10, token: "<end of tag>")) {
+                                             line: 3, column: 9, token: "<end of tag>")) {
             try ChatTemplate(source)
         }
     }

@@ -84,7 +84,7 @@ extension TokenizerBundle {
             config = BPEConfiguration(
                 model: .byteLevel(preTokenizer: pre, addPrefixSpace: false), tokens: tokens, tokenTypes: types,
                 mergePriority: .merges(merges), ignoreMerges: llama3Like, bosTokenId: bos, eosTokenId: eos,
-                padTokenId: pad, unknownTokenId: unk,
+                padTokenId: pad, unknownTokenId: unk, encodesUnknownText: false,
                 addBOS: try flag("tokenizer.ggml.add_bos_token") ?? llama3Like,
                 addEOS: try flag("tokenizer.ggml.add_eos_token") ?? false)
         case "llama":

@@ -222,7 +222,7 @@ extension TokenizerBundle {
             model: modelKind, tokens: tokens, mergePriority: .merges(merges), addedTokens: added,
             ignoreMerges: ignoreMerges, byteFallback: byteFallback, fuseUnknown: fuseUnknown,
             bosTokenId: bosId, eosTokenId: eosId, padTokenId: padId, unknownTokenId: unkId,
-            addBOS: addBOS, addEOS: addEOS)
+            encodesUnknownText: model["unk_token"] is String, addBOS: addBOS, addEOS: addEOS)
         let tokenizer = try build(config, file: tjPath)
 
         // chat template: chat_template.jinja, else tokenizer_config.json's chat_template
