@@ -58,13 +58,23 @@ public struct ModelInspection: Sendable {
             chatTemplate = gguf.metadata["tokenizer.chat_template"]?.string
             metadata = gguf.metadataKeys.filter { $0.hasPrefix("general.") }.compactMap { key in
                 guard let v = gguf.metadata[key] else { return nil }
-                let text = v.string ?? v.int.map(String.init) ?? v.double.map { String($0) }
-                    ?? v.stringArray.map { $0.joined(separator: ", ") } ?? "\(v)"
-                return (key: key, value: text)
+                return (key: key, value: ModelInspection.text(of: v))
             }
         }
         self.groups = groups.values.sorted { $0.bytes > $1.bytes }
         parameterCount = self.groups.reduce(0) { $0 + $1.parameters }
+    }
+}
+
+extension ModelInspection {
+    /// A GGUF metadata value as one line of text.
+    static func text(of value: GGUFValue) -> String {
+        if let s = value.string { return s }
+        if let i = value.int { return String(i) }
+        if let d = value.double { return String(d) }
+        if let a = value.stringArray { return a.joined(separator: ", ") }
+        if let b = value.bool { return String(b) }
+        return "\(value)"
     }
 }
 
