@@ -42,6 +42,7 @@ let package = Package(
         .executableTarget(name: "qlora",
                           dependencies: ["QLoRA", .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: [v5]),
+        .executableTarget(name: "nf4-bench", dependencies: ["Quantization", "Kernels"], path: "Benchmarks/nf4-bench", swiftSettings: fast + [v5]),
 
         // MARK: - Tests
         .target(name: "_TestSupport", path: "Tests/_TestSupport", swiftSettings: [v5]),

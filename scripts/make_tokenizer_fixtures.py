@@ -155,7 +155,7 @@ def make_smollm2():
         check(ids_hf == from_gguf(text, add_special_tokens=False)["input_ids"], f"gguf_file tokenizer differs on {text!r}")
         ids_smollm = smollm.encode(text, add_special_tokens=False).ids
         check(hf.decode(ids_hf) == text or "\u0004" in text, f"hf round trip {text!r}")
-        cases.append({"text": text, "ids_smollm": ids_smollm, "ids_hf": ids_hf,
+        cases.append({"text": text, "ids_smollm": ids_smollm, "ids_hf": ids_hf, "decoded": hf.decode(ids_hf),
                       "decoded_skip_special": hf.decode(ids_hf, skip_special_tokens=True)})
     json.dump({"model": "SmolLM2-135M-Instruct", "cases": cases},
               open(os.path.join(OUT, "smollm2-corpus.json"), "w", encoding="utf-8"), ensure_ascii=False, indent=1)

@@ -247,7 +247,7 @@ public final class QuantizedTensor4Bit: @unchecked Sendable {
 
     /// Little-endian bytes of `dequantize()` in `dtype` (F32, BF16 or F16), as bitsandbytes would store them.
     public func dequantizedBytes() -> [UInt8] {
-        encode(dequantize(), as: dtype)
+        dtype.encode(dequantize())
     }
 }
 
@@ -271,10 +271,11 @@ func bfloat16Bits(_ x: Float) -> UInt16 {
     return UInt16(truncatingIfNeeded: (b &+ 0x7FFF &+ ((b >> 16) & 1)) >> 16)
 }
 
-/// Little-endian bytes of values (already representable in `dtype`).
-public func encode(_ values: [Float], as dtype: WeightDType) -> [UInt8] {
+extension WeightDType {
+/// Little-endian bytes of values (already representable in this dtype; bf16 rounds to nearest even).
+public func encode(_ values: [Float]) -> [UInt8] {
     var out: [UInt8] = []
-    switch dtype {
+    switch self {
     case .float32:
         out.reserveCapacity(values.count * 4)
         for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { out.append(contentsOf: $0) } }
@@ -288,4 +289,5 @@ public func encode(_ values: [Float], as dtype: WeightDType) -> [UInt8] {
         #endif
     }
     return out
+}
 }

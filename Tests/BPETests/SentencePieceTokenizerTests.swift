@@ -55,6 +55,18 @@ import _TestSupport
         }
     }
 
+    /// Speed figure (printed): the legacy pipeline merges a whole segment as one word.
+    @Test func encodingSpeedFigure() throws {
+        let tok = try Self.jsonBundle().tokenizer
+        let text = String(repeating: "the quick brown fox jumps over the lazy dog, café naïve 漢字 😀\n", count: 1_600)
+        let clock = ContinuousClock()
+        var ids: [Int] = []
+        let t = clock.measure { ids = tok.encode(text, addSpecialTokens: false) }
+        let sec = Double(t.components.seconds) + Double(t.components.attoseconds) * 1e-18
+        print("SPM speed: \(text.utf8.count) bytes -> \(ids.count) tokens in \(String(format: "%.3f", sec)) s = \(Int(Double(ids.count) / sec)) tokens/s")
+        #expect(tok.decode(ids) == text)
+    }
+
     @Test func bundleReadsConfigFlagsAndTemplate() throws {
         let bundle = try Self.jsonBundle()
         #expect(bundle.tokenizer.bosTokenId == 1)

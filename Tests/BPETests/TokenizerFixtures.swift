@@ -6,6 +6,8 @@ struct SmolLM2Case: Decodable {
     var text: String
     var ids_smollm: [Int]
     var ids_hf: [Int]
+    /// transformers' decode of ids_hf: the text itself, except where the vocabulary drops characters.
+    var decoded: String
     var decoded_skip_special: String
 }
 

@@ -15,7 +15,7 @@ private func floats(_ f: SafetensorsFile, _ name: String) throws -> [Float] {
     return out
 }
 
-private func floatBytes(_ v: [Float]) -> [UInt8] { encode(v, as: .float32) }
+private func floatBytes(_ v: [Float]) -> [UInt8] { WeightDType.float32.encode(v) }
 
 private func hexBytes(_ s: String) -> [UInt8] {
     var out: [UInt8] = []
@@ -56,7 +56,7 @@ private func hexBytes(_ s: String) -> [UInt8] {
         }
         let expected = try bytes(f, "dequantized")
         #expect(q.dequantizedBytes() == expected)
-        #expect(encode(q.dequantizeReference(), as: dtype) == expected)
+        #expect(dtype.encode(q.dequantizeReference()) == expected)
     }
 
     @Test(arguments: fixtureNames)

@@ -1,0 +1,111 @@
+// NF4 kernel benchmark: validates against the naive references, then times (best of several runs).
+// Run: swift run -c release --scratch-path .build-nf4 nf4-bench
+import Dispatch
+import Kernels
+import Quantization
+
+func f(_ x: Double, _ d: Int = 2) -> String {
+    let p = (0..<d).reduce(1.0) { a, _ in a * 10 }
+    let v = (x * p).rounded() / p
+    return "\(v)"
+}
+
+func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+
+/// Best wall time of `body` over `runs` runs of `inner` calls each, per call.
+func time(runs: Int = 7, inner: Int, _ body: () -> Void) -> Double {
+    var best = Double.infinity
+    for _ in 0..<runs {
+        let t0 = now()
+        for _ in 0..<inner { body() }
+        best = min(best, (now() - t0) / Double(inner))
+    }
+    return best
+}
+
+var state: UInt64 = 12345
+func rand() -> Float {
+    state = state &* 6364136223846793005 &+ 1442695040888963407
+    return Float(state >> 40) / Float(1 << 24) * 2 - 1
+}
+
+func maxRel(_ a: [Float], _ b: [Float]) -> Float {
+    let s = max(b.map { abs($0) }.max()!, 1e-6)
+    return zip(a, b).map { abs($0 - $1) }.max()! / s
+}
+
+print("cores: \(coreCount)")
+print("== GEMV y = W·x (decode) ==")
+for (n, k) in [(1536, 576), (576, 1536), (49152, 576)] {
+    let values = (0..<(n * k)).map { _ in rand() * 0.05 }
+    let w = try QuantizedTensor4Bit.quantize(values, shape: [n, k], doubleQuant: true)
+    let x = (0..<k).map { _ in rand() }
+    var y = [Float](repeating: 0, count: n)
+    var y32 = [Float](repeating: 0, count: n)
+    let dq = w.dequantize()
+    if n * k <= 1_000_000 {
+        y.withUnsafeMutableBufferPointer { yp in x.withUnsafeBufferPointer { NF4Matmul.gemv(out: yp.baseAddress!, inp: $0.baseAddress!, weight: w) } }
+        let err = maxRel(y, NF4Matmul.gemvReference(weight: w, x: x))
+        print("  check [\(n)x\(k)] max rel err vs naive: \(err)")
+    }
+    let tq = time(inner: max(1, 20_000_000 / (n * k))) {
+        y.withUnsafeMutableBufferPointer { yp in x.withUnsafeBufferPointer { NF4Matmul.gemv(out: yp.baseAddress!, inp: $0.baseAddress!, weight: w) } }
+    }
+    let tf = time(inner: max(1, 20_000_000 / (n * k))) {
+        y32.withUnsafeMutableBufferPointer { yp in dq.withUnsafeBufferPointer { a in x.withUnsafeBufferPointer {
+            BLAS.sgemv(m: n, n: k, a: a.baseAddress!, x: $0.baseAddress!, y: yp.baseAddress!) } } }
+    }
+    let bq: Double = Double(w.storageBytes), bf: Double = Double(n * k * 4), nw: Double = Double(n * k)
+    let a1: String = "  [\(n) x \(k)] NF4+DQ gemv: \(f(tq * 1e6, 1)) us, \(f(bq / tq / 1e9)) GB/s, \(f(nw / tq / 1e9)) Gweights/s"
+    let a2: String = " | fp32 sgemv: \(f(tf * 1e6, 1)) us, \(f(bf / tf / 1e9)) GB/s, \(f(nw / tf / 1e9)) Gweights/s | speedup \(f(tf / tq))x"
+    print(a1 + a2)
+}
+
+print("== Forward Y = X·Wᵀ, X [512, 576], W [1536, 576] (prefill/training) ==")
+do {
+    let (t, n, k) = (512, 1536, 576)
+    let w = try QuantizedTensor4Bit.quantize((0..<(n * k)).map { _ in rand() * 0.05 }, shape: [n, k], doubleQuant: true)
+    let dq = w.dequantize()
+    let xin = (0..<(t * k)).map { _ in rand() }
+    var out = [Float](repeating: 0, count: t * n)
+    var ref = [Float](repeating: 0, count: t * n)
+    let ws = NF4Workspace()
+    let flops = 2.0 * Double(t * n * k)
+    let tq = time(inner: 5) {
+        out.withUnsafeMutableBufferPointer { o in xin.withUnsafeBufferPointer {
+            NF4Matmul.forward(out: o.baseAddress!, inp: $0.baseAddress!, weight: w, rows: t, workspace: ws) } }
+    }
+    let tf = time(inner: 5) {
+        ref.withUnsafeMutableBufferPointer { o in xin.withUnsafeBufferPointer { a in dq.withUnsafeBufferPointer {
+            BLAS.sgemm(transB: true, m: t, n: n, k: k, a: a.baseAddress!, b: $0.baseAddress!, c: o.baseAddress!) } } }
+    }
+    print("  check max rel err vs fp32 sgemm on the dequantized weight: \(maxRel(out, ref))")
+    let b1: String = "  dequant+sgemm: \(f(tq * 1e3)) ms, \(f(flops / tq / 1e9, 1)) GFLOP/s"
+    let b2: String = " | plain sgemm: \(f(tf * 1e3)) ms, \(f(flops / tf / 1e9, 1)) GFLOP/s | time ratio \(f(tq / tf))"
+    print(b1 + b2)
+    var dIn = [Float](repeating: 0, count: t * k)
+    let dOut = (0..<(t * n)).map { _ in rand() }
+    let tb = time(inner: 5) {
+        dIn.withUnsafeMutableBufferPointer { d in dOut.withUnsafeBufferPointer {
+            NF4Matmul.backwardInput(dInp: d.baseAddress!, dOut: $0.baseAddress!, weight: w, rows: t, workspace: ws) } }
+    }
+    let tbf = time(inner: 5) {
+        dIn.withUnsafeMutableBufferPointer { d in dOut.withUnsafeBufferPointer { a in dq.withUnsafeBufferPointer {
+            BLAS.sgemm(m: t, n: k, k: n, a: a.baseAddress!, b: $0.baseAddress!, c: d.baseAddress!) } } }
+    }
+    let c1: String = "  backwardInput dX = dY·W: \(f(tb * 1e3)) ms, \(f(flops / tb / 1e9, 1)) GFLOP/s"
+    let c2: String = " | plain sgemm: \(f(tbf * 1e3)) ms, \(f(flops / tbf / 1e9, 1)) GFLOP/s"
+    print(c1 + c2)
+    var full = [Float](repeating: 0, count: n * k)
+    let td = time(inner: 5) { full.withUnsafeMutableBufferPointer { w.dequantize(start: 0, into: $0) } }
+    let nw: Double = Double(n * k)
+    print("  dequantize whole [1536x576] to fp32: \(f(td * 1e3, 3)) ms, \(f(nw / td / 1e9)) Gweights/s")
+}
+
+print("== Quantization speed ==")
+for (n, k, dq) in [(1536, 576, false), (1536, 576, true), (49152, 576, true)] {
+    let values = (0..<(n * k)).map { _ in rand() * 0.05 }
+    let tq = time(runs: 3, inner: 1) { _ = try! QuantizedTensor4Bit.quantize(values, shape: [n, k], doubleQuant: dq) }
+    let nw: Double = Double(n * k)
+    print("  [\(n) x \(k)]\(dq ? " +DQ" : ""): \(f(tq * 1e3)) ms, \(f(nw / tq / 1e6, 1)) Mweights/s")
+}
