@@ -272,22 +272,22 @@ func bfloat16Bits(_ x: Float) -> UInt16 {
 }
 
 extension WeightDType {
-/// Little-endian bytes of values (already representable in this dtype; bf16 rounds to nearest even).
-public func encode(_ values: [Float]) -> [UInt8] {
-    var out: [UInt8] = []
-    switch self {
-    case .float32:
-        out.reserveCapacity(values.count * 4)
-        for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { out.append(contentsOf: $0) } }
-    case .bfloat16:
-        out.reserveCapacity(values.count * 2)
-        for v in values { withUnsafeBytes(of: bfloat16Bits(v).littleEndian) { out.append(contentsOf: $0) } }
-    case .float16:
-        out.reserveCapacity(values.count * 2)
-        #if arch(x86_64) || arch(arm64)
-        for v in values { withUnsafeBytes(of: Float16(v).bitPattern.littleEndian) { out.append(contentsOf: $0) } }
-        #endif
+    /// Little-endian bytes of values (already representable in this dtype; bf16 rounds to nearest even).
+    public func encode(_ values: [Float]) -> [UInt8] {
+        var out: [UInt8] = []
+        switch self {
+        case .float32:
+            out.reserveCapacity(values.count * 4)
+            for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { out.append(contentsOf: $0) } }
+        case .bfloat16:
+            out.reserveCapacity(values.count * 2)
+            for v in values { withUnsafeBytes(of: bfloat16Bits(v).littleEndian) { out.append(contentsOf: $0) } }
+        case .float16:
+            out.reserveCapacity(values.count * 2)
+            #if arch(x86_64) || arch(arm64)
+            for v in values { withUnsafeBytes(of: Float16(v).bitPattern.littleEndian) { out.append(contentsOf: $0) } }
+            #endif
+        }
+        return out
     }
-    return out
-}
 }
