@@ -33,7 +33,7 @@ let package = Package(
         .target(name: "ModelFormats", swiftSettings: fast + [v5]),
         .target(name: "BPE", swiftSettings: fast + [v5]),
         .target(name: "Templates", swiftSettings: [v5]),
-        .target(name: "Quantization", dependencies: ["Kernels", "_CKernels"], swiftSettings: fast + [v5]),
+        .target(name: "Quantization", dependencies: ["Kernels", "_CKernels", "ModelFormats"], swiftSettings: fast + [v5]),
         .target(name: "Llama", dependencies: ["Kernels", "ModelFormats", "Quantization"], swiftSettings: fast + [v5]),
         .target(name: "QLoRA", dependencies: ["Kernels", "ModelFormats", "Quantization", "BPE", "Templates", "Llama"],
                 swiftSettings: fast + [v5]),
