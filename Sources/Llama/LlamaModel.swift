@@ -1,12 +1,15 @@
 import Foundation
 import Kernels
+import Quantization
 
 /// A LLaMA-family decoder (Llama, Mistral, Qwen2) running fp32 inference with a KV cache.
 ///
 /// Every buffer is allocated once in `init` (llm.c's ActivationTensors): activations for up to
 /// `chunkSize` tokens, the KV cache for `maxContext` positions and the RoPE tables. `forward` runs a
 /// prompt in chunks of at most `chunkSize` tokens with sgemm, and single tokens with GEMV split over
-/// the cores. Not thread-safe: one forward at a time.
+/// the cores. 4-bit linear weights (`LinearWeight.quantized`) run prefill through `NF4Matmul.forward`
+/// (tiles dequantized into one reusable `NF4Workspace`, then sgemm) and decode through the fused
+/// 4-bit GEMV. Not thread-safe: one forward at a time.
 public final class LlamaModel {
     /// Which logits `forward` returns.
     public enum Logits: Sendable { case last, all }
@@ -34,6 +37,8 @@ public final class LlamaModel {
     private let ropeCos: UnsafeMutablePointer<Float>
     private let ropeSin: UnsafeMutablePointer<Float>
     private let allocations: [UnsafeMutableRawPointer]
+    /// Scratch for dequantized weight tiles (4-bit prefill); allocated once.
+    public let workspace: NF4Workspace
 
     public init(config: LlamaConfig, weights: LlamaWeights, maxContext: Int, chunkSize: Int = 128) throws {
         guard maxContext > 0 else {
@@ -67,6 +72,8 @@ public final class LlamaModel {
         valueCache = buffer(config.layerCount * maxContext * config.kvDim)
         ropeCos = buffer(maxContext * half); ropeSin = buffer(maxContext * half)
         self.allocations = allocations
+        // Large enough for ~64 rows of the widest linear weight, at least 1 MiB.
+        workspace = NF4Workspace(capacity: max(1 << 18, 64 * max(C, I, config.qDim)))
 
         let invFreq = LlamaModel.inverseFrequencies(config)
         for p in 0..<maxContext {
@@ -157,6 +164,7 @@ public final class LlamaModel {
         let T = tokens.count, C = cfg.hiddenSize, I = cfg.intermediateSize, D = cfg.headDim
         let qd = cfg.qDim, kvd = cfg.kvDim, half = D / 2
         let up = gate + T * I              // so that for T = 1, [gate | up] is one GEMV's output
+        let fused = weights.hasFusedDenseLayout, ws = workspace
         embeddingForward(out: x, tokens: tokens, table: weights.embedding, channels: C)
         for (l, w) in weights.layers.enumerated() {
             let layerKeys = keyCache + l * maxContext * kvd, layerValues = valueCache + l * maxContext * kvd
@@ -164,16 +172,16 @@ public final class LlamaModel {
 
             // attention: x += o_proj(attention(rope(q), rope(k), v)), q/k/v from rmsnorm(x)
             rmsnormForward(out: xb, inp: x, weight: w.attentionNorm, rows: T, channels: C, epsilon: cfg.rmsNormEpsilon)
-            if T == 1 {
+            if T == 1, fused, case let .dense(wqkv, _, _) = w.wq {
                 // decode: wq|wk|wv (and their biases) are consecutive in memory, so one GEMV does all three
-                matmulForward(out: qkv, inp: xb, weight: w.wq, bias: w.bq, rows: 1, inChannels: C, outChannels: qd + 2 * kvd)
+                matmulForward(out: qkv, inp: xb, weight: wqkv, bias: w.bq, rows: 1, inChannels: C, outChannels: qd + 2 * kvd)
                 q.update(from: qkv, count: qd)
                 k.update(from: qkv + qd, count: kvd)
                 v.update(from: qkv + qd + kvd, count: kvd)
             } else {
-                matmulForward(out: q, inp: xb, weight: w.wq, bias: w.bq, rows: T, inChannels: C, outChannels: qd)
-                matmulForward(out: k, inp: xb, weight: w.wk, bias: w.bk, rows: T, inChannels: C, outChannels: kvd)
-                matmulForward(out: v, inp: xb, weight: w.wv, bias: w.bv, rows: T, inChannels: C, outChannels: kvd)
+                w.wq.forward(out: q, inp: xb, bias: w.bq, rows: T, workspace: ws)
+                w.wk.forward(out: k, inp: xb, bias: w.bk, rows: T, workspace: ws)
+                w.wv.forward(out: v, inp: xb, bias: w.bv, rows: T, workspace: ws)
             }
             ropeForward(x: q, cos: ropeCos + pos * half, sin: ropeSin + pos * half, rows: T, heads: cfg.headCount,
                         headDim: D, rowStride: qd)
@@ -182,20 +190,20 @@ public final class LlamaModel {
             attentionForward(out: att, q: q, keys: layerKeys, values: layerValues, scratch: scratch, tokens: T,
                              startPosition: pos, heads: cfg.headCount, kvHeads: cfg.kvHeadCount, headDim: D,
                              window: cfg.slidingWindow)
-            matmulForward(out: xb2, inp: att, weight: w.wo, bias: w.bo, rows: T, inChannels: qd, outChannels: C)
+            w.wo.forward(out: xb2, inp: att, bias: w.bo, rows: T, workspace: ws)
             residualForward(out: x, a: x, b: xb2, count: T * C)
 
             // MLP: x += down(silu(gate(h)) ⊙ up(h)), h = rmsnorm(x)
             rmsnormForward(out: xb, inp: x, weight: w.mlpNorm, rows: T, channels: C, epsilon: cfg.rmsNormEpsilon)
-            if T == 1 {
+            if T == 1, fused, case let .dense(wgu, _, _) = w.wGate {
                 // decode: wGate|wUp are consecutive, and up = gate + I when T = 1
-                matmulForward(out: gate, inp: xb, weight: w.wGate, bias: w.bGate, rows: 1, inChannels: C, outChannels: 2 * I)
+                matmulForward(out: gate, inp: xb, weight: wgu, bias: w.bGate, rows: 1, inChannels: C, outChannels: 2 * I)
             } else {
-                matmulForward(out: gate, inp: xb, weight: w.wGate, bias: w.bGate, rows: T, inChannels: C, outChannels: I)
-                matmulForward(out: up, inp: xb, weight: w.wUp, bias: w.bUp, rows: T, inChannels: C, outChannels: I)
+                w.wGate.forward(out: gate, inp: xb, bias: w.bGate, rows: T, workspace: ws)
+                w.wUp.forward(out: up, inp: xb, bias: w.bUp, rows: T, workspace: ws)
             }
             siluMulForward(out: gate, gate: gate, up: up, count: T * I)
-            matmulForward(out: xb2, inp: gate, weight: w.wDown, bias: w.bDown, rows: T, inChannels: I, outChannels: C)
+            w.wDown.forward(out: xb2, inp: gate, bias: w.bDown, rows: T, workspace: ws)
             residualForward(out: x, a: x, b: xb2, count: T * C)
         }
     }

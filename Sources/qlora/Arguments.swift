@@ -10,14 +10,32 @@ struct ModelArguments: ParsableArguments {
     @Option(name: .long, help: "KV-cache positions to allocate (default: the model's maximum, at most 4096).")
     var contextLength: Int?
 
+    @Option(name: .long, help: "How to hold the base's linear weights: nf4, fp4, int4 or none (float32).")
+    var quantize: QuantizationPolicy.Kind = .nf4
+
+    @Flag(name: .long, help: "Keep one float32 absmax per block (no double quantization).")
+    var noDoubleQuant = false
+
+    @Option(name: .long, help: "Weights per 4-bit block (32, 64, 128, … 4096).")
+    var blocksize: Int = 64
+
     func validate() throws {
         if let n = contextLength, n < 1 { throw ValidationError("--context-length must be at least 1 (got \(n))") }
+        guard QuantizedTensor4Bit.validBlocksizes.contains(blocksize) else {
+            throw ValidationError("--blocksize must be one of \(QuantizedTensor4Bit.validBlocksizes) (got \(blocksize))")
+        }
     }
 
-    func load() throws -> ModelBundle {
-        try ModelBundle(path: model, contextLength: contextLength)
+    var policy: QuantizationPolicy {
+        QuantizationPolicy(quantType: quantize, doubleQuant: !noDoubleQuant, blocksize: blocksize)
+    }
+
+    func load(defaultContextLength: Int? = nil) throws -> ModelBundle {
+        try ModelBundle(path: model, contextLength: contextLength ?? defaultContextLength, quantization: policy)
     }
 }
+
+extension QuantizationPolicy.Kind: ExpressibleByArgument {}
 
 /// How tokens are drawn.
 struct SamplingArguments: ParsableArguments {

@@ -12,21 +12,34 @@ public final class ModelBundle {
     public let tokenizer: TokenizerBundle
     /// Parsed chat template, if the files carry one.
     public let chatTemplate: ChatTemplate?
+    /// How the base's linear weights were asked to be held.
+    public let quantization: QuantizationPolicy
+    /// True when the folder is a bitsandbytes 4-bit checkpoint (its 4-bit tensors are used as stored).
+    public let isBitsAndBytesCheckpoint: Bool
 
     /// Loads `path` (a .gguf file or a model folder). `contextLength` caps the KV cache
-    /// (default: the model's maximum, at most 4096 positions).
-    public init(path: String, contextLength: Int? = nil) throws {
+    /// (default: the model's maximum, at most 4096 positions). `quantization` decides how the base's
+    /// linear weights are held (default: float32). A folder whose config.json has a bitsandbytes
+    /// `quantization_config` is read with `BitsAndBytesModel`: its 4-bit weights are used as stored.
+    public init(path: String, contextLength: Int? = nil, quantization: QuantizationPolicy = .none) throws {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw ModelFormatError.unreadable(file: path, reason: "no such file or directory")
         }
         self.path = path
+        self.quantization = quantization
         let source: TensorSource
+        var bnb = false
         if isDirectory.boolValue {
             format = .huggingFace
             let configPath = (path as NSString).appendingPathComponent("config.json")
             config = try LlamaConfig(huggingFaceConfigFile: configPath)
-            source = try SafetensorsModel(directory: path)
+            if BitsAndBytesModel.isBitsAndBytes4Bit(directory: path) {
+                source = try BitsAndBytesModel(directory: path)
+                bnb = true
+            } else {
+                source = try SafetensorsModel(directory: path)
+            }
             tokenizer = try TokenizerBundle.load(huggingFaceDirectory: path)
         } else {
             format = .gguf
@@ -35,7 +48,8 @@ public final class ModelBundle {
             source = gguf
             tokenizer = try TokenizerBundle.load(ggufMetadata: gguf.metadata, file: path)
         }
-        let weights = try LlamaWeights(config: config, source: source, file: path)
+        isBitsAndBytesCheckpoint = bnb
+        let weights = try LlamaWeights(config: config, source: source, file: path, policy: quantization)
         let context = min(contextLength ?? 4096, config.maxPositionEmbeddings)
         model = try LlamaModel(config: config, weights: weights, maxContext: max(context, 1))
         if let text = tokenizer.chatTemplate {

@@ -21,15 +21,23 @@ public struct ModelInspection: Sendable {
     /// Selected file metadata (GGUF general.* keys; safetensors __metadata__).
     public var metadata: [(key: String, value: String)]
 
+    /// The policy `loaded` assumes.
+    public var policy: QuantizationPolicy
+    /// The base as `ModelBundle(path:quantization: policy)` would hold it (computed from the config, no loading).
+    public var loaded: BaseMemoryReport
+
     public var bytes: Int { groups.reduce(0) { $0 + $1.bytes } }
     public var bitsPerParameter: Double { parameterCount > 0 ? Double(bytes * 8) / Double(parameterCount) : 0 }
 
-    public init(path: String) throws {
+    /// Reads `path`'s headers; `loaded` describes the base held under `policy`.
+    public init(path: String, policy: QuantizationPolicy = .nf4) throws {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw ModelFormatError.unreadable(file: path, reason: "no such file or directory")
         }
         self.path = path
+        self.policy = policy
+        let separateLMHead: Bool
         var groups: [String: TensorGroup] = [:]
         func add(_ type: String, _ parameters: Int, _ bytes: Int) {
             groups[type, default: TensorGroup(type: type, tensors: 0, parameters: 0, bytes: 0)].tensors += 1
@@ -45,6 +53,7 @@ public struct ModelInspection: Sendable {
                 add(info.dtype.rawValue, info.elementCount, info.byteCount)
             }
             tensorCount = source.tensorNames.count
+            separateLMHead = !config.tieWordEmbeddings
             chatTemplate = (try? TokenizerBundle.load(huggingFaceDirectory: path))?.chatTemplate
             metadata = source.files.flatMap { $0.metadata.sorted { $0.key < $1.key }.map { (key: $0.key, value: $0.value) } }
         } else {
@@ -55,6 +64,7 @@ public struct ModelInspection: Sendable {
                 add(String(describing: info.type).uppercased(), info.elementCount, info.byteCount)
             }
             tensorCount = gguf.tensorInfos.count
+            separateLMHead = gguf.contains("output.weight")
             chatTemplate = gguf.metadata["tokenizer.chat_template"]?.string
             metadata = gguf.metadataKeys.filter { $0.hasPrefix("general.") }.compactMap { key in
                 guard let v = gguf.metadata[key] else { return nil }
@@ -63,6 +73,7 @@ public struct ModelInspection: Sendable {
         }
         self.groups = groups.values.sorted { $0.bytes > $1.bytes }
         parameterCount = self.groups.reduce(0) { $0 + $1.parameters }
+        loaded = BaseMemoryReport.estimate(config: config, separateLMHead: separateLMHead, policy: policy)
     }
 }
 
