@@ -12,15 +12,16 @@ func f(_ x: Double, _ d: Int = 2) -> String {
 
 func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
-/// Best wall time of `body` over `runs` runs of `inner` calls each, per call.
-func time(runs: Int = 7, inner: Int, _ body: () -> Void) -> Double {
-    var best = Double.infinity
+/// Median wall time of `body` over `runs` runs of `inner` calls each, per call (the machine is shared:
+/// medians, not bests).
+func time(runs: Int = 9, inner: Int, _ body: () -> Void) -> Double {
+    var times: [Double] = []
     for _ in 0..<runs {
         let t0 = now()
         for _ in 0..<inner { body() }
-        best = min(best, (now() - t0) / Double(inner))
+        times.append((now() - t0) / Double(inner))
     }
-    return best
+    return times.sorted()[times.count / 2]
 }
 
 var state: UInt64 = 12345
@@ -35,8 +36,41 @@ func maxRel(_ a: [Float], _ b: [Float]) -> Float {
 }
 
 print("cores: \(coreCount)")
+print("== Memory bandwidth (256 MiB buffers, out of cache) ==")
+do {
+    let count = 64 << 20                      // floats
+    let a = UnsafeMutablePointer<Float>.allocate(capacity: count)
+    let b = UnsafeMutablePointer<Float>.allocate(capacity: count)
+    a.initialize(repeating: 1, count: count); b.initialize(repeating: 2, count: count)
+    let bytes = Double(count * 4)
+    let tc = time(runs: 5, inner: 1) { b.update(from: a, count: count) }
+    print("  memcpy: \(f(bytes / tc / 1e9)) GB/s copied (\(f(2 * bytes / tc / 1e9)) GB/s read+write)")
+    for workers in [1, coreCount] {
+        var sink: Float = 0
+        let tr = time(runs: 5, inner: 1) {
+            var partial = [Float](repeating: 0, count: workers)
+            partial.withUnsafeMutableBufferPointer { pp in
+                parallelFor(workers) { w in
+                    let lo = count * w / workers, hi = count * (w + 1) / workers
+                    var s0 = SIMD8<Float>(), s1 = SIMD8<Float>()
+                    var i = lo
+                    while i + 16 <= hi {
+                        s0 += UnsafeRawPointer(a + i).loadUnaligned(as: SIMD8<Float>.self)
+                        s1 += UnsafeRawPointer(a + i + 8).loadUnaligned(as: SIMD8<Float>.self)
+                        i += 16
+                    }
+                    pp[w] = (s0 + s1).sum()
+                }
+            }
+            sink += partial.reduce(0, +)
+        }
+        print("  stream read, \(workers) thread(s): \(f(bytes / tr / 1e9)) GB/s (checksum \(sink > 0))")
+    }
+    a.deallocate(); b.deallocate()
+}
+
 print("== GEMV y = W·x (decode) ==")
-for (n, k) in [(1536, 576), (576, 1536), (49152, 576)] {
+for (n, k) in [(1536, 576), (576, 1536), (49152, 576), (8192, 8192)] {
     let values = (0..<(n * k)).map { _ in rand() * 0.05 }
     let w = try QuantizedTensor4Bit.quantize(values, shape: [n, k], doubleQuant: true)
     let x = (0..<k).map { _ in rand() }

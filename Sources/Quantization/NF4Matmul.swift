@@ -58,10 +58,12 @@ public enum NF4Matmul {
         let (n, k) = (weight.rows, weight.columns)
         var cw = weight.cWeight
         let work = n * k
-        let chunks = work < 1 << 16 ? 1 : min(coreCount * 4, max(1, n / 16))
+        // One chunk per core for decode-sized weights (less dispatch overhead); more for big ones
+        // (balance on a shared machine). Chunks hold multiples of 4 rows (the kernel's row group).
+        let chunks = work < 1 << 16 ? 1 : min(work < 1 << 22 ? coreCount : coreCount * 4, max(1, n / 16))
         withUnsafePointer(to: &cw) { w in
             parallelFor(chunks) { c in
-                let r0 = n * c / chunks, r1 = n * (c + 1) / chunks
+                let r0 = c == 0 ? 0 : (n * c / chunks) & ~3, r1 = c == chunks - 1 ? n : (n * (c + 1) / chunks) & ~3
                 qlora_nf4_gemv(y + r0, w, x, Int64(r0), Int64(r1), Int64(k))
             }
         }

@@ -117,32 +117,75 @@ AVX2_TARGET static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-// Requires cols % blocksize == 0 (rows start on a block, hence on a byte and a 32-chunk).
+// Block scale with the nested index as a shift when nested_blocksize is a power of two (always 256
+// in bitsandbytes): the same two float32 roundings as block_scale.
+static inline float block_scale_fast(const qlora_nf4_weight *w, int64_t b, int nshift) {
+    if (w->qabsmax == 0) return w->absmax[b];
+    int64_t nb = nshift >= 0 ? (b >> nshift) : b / w->nested_blocksize;
+    float s = w->nested_map[w->qabsmax[b]] * w->nested_absmax[nb];
+    float r = s + w->offset;
+    return r;
+}
+
+static inline int log2_exact(int64_t v) {
+    if (v <= 0 || (v & (v - 1)) != 0) return -1;
+    int k = 0;
+    while ((1LL << k) < v) k++;
+    return k;
+}
+
+// R rows at once (R = 4 or 1; always_inline so each R is its own unrolled body). For each group of
+// 8 weights (4 bytes) the codes are decoded in registers: the 32-bit word is broadcast, shifted
+// right per lane so lane j's nibble is in bits 0–3 (vpermps uses bits 0–2), and shifted left per
+// lane so the nibble's bit 3 lands in the sign bit (vblendvps picks the upper 8 table entries).
+// x is loaded once per group and shared by the R rows; each block's partial dot product is scaled once.
+AVX2_TARGET __attribute__((always_inline)) static inline void gemv_rows_avx2(
+        float *y, const qlora_nf4_weight *w, const float *x, int64_t r, int64_t cols, int R, int nshift) {
+    const __m256 lo = _mm256_loadu_ps(w->code), hi = _mm256_loadu_ps(w->code + 8);
+    const __m256i right = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24);
+    const __m256i left = _mm256_setr_epi32(24, 28, 16, 20, 8, 12, 0, 4);
+    const int64_t bs = w->blocksize;
+    const int64_t bpr = cols / bs;
+    const uint8_t *p[4];
+    __m256 total[4];
+    for (int k = 0; k < R; k++) {
+        p[k] = w->packed + (((r + k) * cols) >> 1);
+        total[k] = _mm256_setzero_ps();
+    }
+    for (int64_t bb = 0; bb < bpr; bb++) {
+        __m256 acc[4];
+        for (int k = 0; k < R; k++) acc[k] = _mm256_setzero_ps();
+        const float *xb = x + bb * bs;
+        const int64_t byte0 = (bb * bs) >> 1;
+        for (int64_t c = 0; c < bs; c += 8) {
+            __m256 xv = _mm256_loadu_ps(xb + c);
+            for (int k = 0; k < R; k++) {
+                int32_t word;
+                __builtin_memcpy(&word, p[k] + byte0 + (c >> 1), 4);
+                __m256i v = _mm256_set1_epi32(word);
+                __m256i idx = _mm256_srlv_epi32(v, right);
+                __m256i sgn = _mm256_sllv_epi32(v, left);
+                __m256 a = _mm256_permutevar8x32_ps(lo, idx);
+                __m256 b = _mm256_permutevar8x32_ps(hi, idx);
+                __m256 wv = _mm256_blendv_ps(a, b, _mm256_castsi256_ps(sgn));
+                acc[k] = _mm256_fmadd_ps(wv, xv, acc[k]);
+            }
+        }
+        for (int k = 0; k < R; k++) {
+            float s = block_scale_fast(w, (r + k) * bpr + bb, nshift);
+            total[k] = _mm256_fmadd_ps(acc[k], _mm256_set1_ps(s), total[k]);
+        }
+    }
+    for (int k = 0; k < R; k++) y[k] = hsum(total[k]);
+}
+
+// Requires cols % blocksize == 0 (rows start on a block, hence on a byte and an 8-group).
 AVX2_TARGET static void gemv_avx2(float *y, const qlora_nf4_weight *w, const float *x, int64_t row_begin,
                                   int64_t row_end, int64_t cols) {
-    const __m256 lo = _mm256_loadu_ps(w->code), hi = _mm256_loadu_ps(w->code + 8);
-    const int64_t bs = w->blocksize;
-    const int64_t blocks_per_row = cols / bs;
-    for (int64_t r = row_begin; r < row_end; r++) {
-        const uint8_t *p = w->packed + ((r * cols) >> 1);
-        int64_t b0 = r * blocks_per_row;
-        __m256 total = _mm256_setzero_ps();
-        for (int64_t bb = 0; bb < blocks_per_row; bb++) {
-            const float *xb = x + bb * bs;
-            const uint8_t *pb = p + ((bb * bs) >> 1);
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-            for (int64_t c = 0; c < bs; c += 32) {
-                __m256i idx[4];
-                unpack32(pb + (c >> 1), idx);
-                a0 = _mm256_fmadd_ps(lut16(lo, hi, idx[0]), _mm256_loadu_ps(xb + c), a0);
-                a1 = _mm256_fmadd_ps(lut16(lo, hi, idx[1]), _mm256_loadu_ps(xb + c + 8), a1);
-                a0 = _mm256_fmadd_ps(lut16(lo, hi, idx[2]), _mm256_loadu_ps(xb + c + 16), a0);
-                a1 = _mm256_fmadd_ps(lut16(lo, hi, idx[3]), _mm256_loadu_ps(xb + c + 24), a1);
-            }
-            total = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(block_scale(w, b0 + bb)), total);
-        }
-        y[r - row_begin] = hsum(total);
-    }
+    const int nshift = log2_exact(w->nested_blocksize);
+    int64_t r = row_begin;
+    for (; r + 4 <= row_end; r += 4) gemv_rows_avx2(y + (r - row_begin), w, x, r, cols, 4, nshift);
+    for (; r < row_end; r++) gemv_rows_avx2(y + (r - row_begin), w, x, r, cols, 1, nshift);
 }
 #endif
 

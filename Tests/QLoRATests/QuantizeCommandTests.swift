@@ -36,6 +36,9 @@ import _TestSupport
         let q2 = try #require(theirConfig["quantization_config"] as? NSDictionary)
         #expect(q1 == q2, "\(fixture) quantization_config")
         #expect(ourConfig["dtype"] as? String == theirConfig["dtype"] as? String)
+        // In fact config.json is the same text too (sorted keys, indent 2, floats as floats).
+        let ourText = try String(contentsOfFile: out + "/config.json", encoding: .utf8)
+        #expect(ourText == (try String(contentsOfFile: Fixtures.path(fixture + "/config.json"), encoding: .utf8)), "\(fixture) config.json")
     }
 
     @Test func huggingFaceSourceGivesTheBitsAndBytesFile() throws {

@@ -31,6 +31,8 @@ struct Shape: CustomTestStringConvertible, Sendable {
         Shape(rows: 37, cols: 75, blocksize: 64, type: .nf4, dq: true),     // blocks cross rows, odd count
         Shape(rows: 33, cols: 256, blocksize: 128, type: .fp4, dq: true),
         Shape(rows: 300, cols: 96, blocksize: 32, type: .int4, dq: false),
+        Shape(rows: 6, cols: 192, blocksize: 64, type: .nf4, dq: true),       // one 4-row group + 2 single rows
+        Shape(rows: 1030, cols: 512, blocksize: 256, type: .nf4, dq: true),  // split over cores, 4-row aligned chunks
     ]
 
     @Test(arguments: shapes, [false, true])

@@ -123,8 +123,8 @@ public enum PerplexityEvaluator {
         return Double(m) + Foundation.log(s)
     }
 
-    /// Calls body(target, logits) for every scored token, logits[m] = models[m]'s logits that predict
-    /// tokens[target]. Returns the number of windows. The logits buffers are allocated once here.
+    /// Calls body(targetId, logits) for every scored token (targetId = its vocabulary id), logits[m] =
+    /// models[m]'s logits that predict it. Returns the number of windows. The logits buffers are allocated once here.
     static func scoreWindows(_ models: [LlamaModel], tokens: [Int], contextLength: Int, stride: Int,
                              _ body: (Int, [UnsafePointer<Float>]) -> Void) throws -> Int {
         for (m, model) in models.enumerated() where contextLength > model.maxContext {
@@ -155,7 +155,7 @@ public enum PerplexityEvaluator {
                                       into: UnsafeMutableBufferPointer(rebasing: buffers[m][0..<(n * V)]))
                 }
                 for i in 0..<n {
-                    body(p + i + 1, buffers.map { UnsafePointer($0.baseAddress! + i * V) })
+                    body(tokens[p + i + 1], buffers.map { UnsafePointer($0.baseAddress! + i * V) })
                 }
                 p += n
             }

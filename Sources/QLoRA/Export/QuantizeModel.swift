@@ -165,9 +165,7 @@ func orderedObject(_ pairs: [(key: String, value: Any?)]) -> [String: Any] {
 
 /// Writes `object` as transformers does (`json.dumps(indent=2, sort_keys=True)` + newline), atomically.
 func writeJSON(_ object: Any, to path: String) throws {
-    var data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])
-    data.append(0x0A)
-    try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+    try Data((PythonStyleJSON.text(object) + "\n").utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
 }
 
 // MARK: - Sources
@@ -313,7 +311,11 @@ final class GGUFExportSource: ExportSource {
             "tie_word_embeddings": tied, "use_cache": true,
         ]
         o["bos_token_id"] = c.bosTokenId ?? NSNull()
-        o["eos_token_id"] = c.eosTokenIds.count == 1 ? c.eosTokenIds[0] : (c.eosTokenIds.isEmpty ? NSNull() : c.eosTokenIds)
+        switch c.eosTokenIds.count {
+        case 0: o["eos_token_id"] = NSNull()
+        case 1: o["eos_token_id"] = c.eosTokenIds[0]
+        default: o["eos_token_id"] = c.eosTokenIds
+        }
         o["pad_token_id"] = m["tokenizer.ggml.padding_token_id"]?.int ?? NSNull()
         return o
     }

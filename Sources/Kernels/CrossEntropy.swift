@@ -1,0 +1,102 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+// Token-level cross-entropy over materialized logits [T, V] (the fused logits-free variant is not
+// built yet). Targets equal to `ignoreIndex` (−100, Hugging Face's convention) contribute nothing.
+// Log-sum-exp is max-subtracted and accumulated in Double. Rows run in parallel over `threads` workers.
+
+/// A target id that is neither `ignoreIndex` nor in 0 ..< vocab.
+public struct CrossEntropyError: Error, CustomStringConvertible, Equatable {
+    public let row: Int
+    public let target: Int
+    public let vocab: Int
+    public var description: String {
+        "crossEntropy: targets[\(row)] = \(target) is outside 0..<\(vocab) and is not the ignore index"
+    }
+}
+
+/// losses[t] = logsumexp(logits[t, :]) − logits[t, targets[t]] for trained rows, 0 for ignored rows.
+/// Returns the summed loss (Double) and the number of trained rows; the mean loss is sum / count.
+/// Throws `CrossEntropyError` (before writing anything) for a target outside 0 ..< V other than ignoreIndex.
+public func crossEntropyForward(losses: UnsafeMutablePointer<Float>, logits: UnsafePointer<Float>,
+                                targets: UnsafePointer<Int>, rows T: Int, vocab V: Int, ignoreIndex: Int = -100,
+                                threads: Int = coreCount) throws -> (sum: Double, count: Int) {
+    try crossEntropyForwardImpl(losses: losses, logits: logits, targets: targets, rows: T, vocab: V,
+                                ignoreIndex: ignoreIndex, threads: threads)
+}
+
+/// dLogits[t, :] = scale · (softmax(logits[t, :]) − onehot(targets[t])) on trained rows, 0 on ignored rows.
+/// OVERWRITES dLogits (not `+=`), and `dLogits` may be `logits` (in place over the logits buffer, as
+/// llm.c does). For the mean loss pass scale = 1 / count (count from `crossEntropyForward`).
+/// Targets must have passed `crossEntropyForward`'s check.
+public func crossEntropyBackward(dLogits: UnsafeMutablePointer<Float>, logits: UnsafePointer<Float>,
+                                 targets: UnsafePointer<Int>, scale: Float, rows T: Int, vocab V: Int,
+                                 ignoreIndex: Int = -100, threads: Int = coreCount) {
+    crossEntropyBackwardImpl(dLogits: dLogits, logits: logits, targets: targets, scale: scale, rows: T, vocab: V,
+                             ignoreIndex: ignoreIndex, threads: threads)
+}
+
+/// (max, Σ exp(x − max)) of one row, the sum in Double.
+@inline(__always)
+func crossEntropyRowStats<S: KernelScalar>(_ x: UnsafePointer<S>, _ V: Int) -> (max: S, sum: Double) {
+    var m = x[0]
+    for i in 1..<max(1, V) where x[i] > m { m = x[i] }
+    var s = 0.0
+    for i in 0..<V { s += Double.exponential(Double(x[i] - m)) }
+    return (m, s)
+}
+
+func crossEntropyForwardImpl<S: KernelScalar>(losses: UnsafeMutablePointer<S>, logits: UnsafePointer<S>,
+                                              targets: UnsafePointer<Int>, rows T: Int, vocab V: Int,
+                                              ignoreIndex: Int, threads: Int) throws -> (sum: Double, count: Int) {
+    var count = 0
+    for t in 0..<T {
+        let y = targets[t]
+        if y == ignoreIndex { continue }
+        guard y >= 0 && y < V else { throw CrossEntropyError(row: t, target: y, vocab: V) }
+        count += 1
+    }
+    let workers = max(1, min(threads, T))
+    parallelFor(workers) { w in
+        var t = w
+        while t < T {
+            let y = targets[t]
+            if y == ignoreIndex {
+                losses[t] = 0
+            } else {
+                let row = logits + t * V
+                let (m, s) = crossEntropyRowStats(row, V)
+                losses[t] = S(Double(m) + log(s) - Double(row[y]))
+            }
+            t += workers
+        }
+    }
+    var sum = 0.0
+    for t in 0..<T where targets[t] != ignoreIndex { sum += Double(losses[t]) }
+    return (sum, count)
+}
+
+func crossEntropyBackwardImpl<S: KernelScalar>(dLogits: UnsafeMutablePointer<S>, logits: UnsafePointer<S>,
+                                               targets: UnsafePointer<Int>, scale: S, rows T: Int, vocab V: Int,
+                                               ignoreIndex: Int, threads: Int) {
+    let workers = max(1, min(threads, T))
+    parallelFor(workers) { w in
+        var t = w
+        while t < T {
+            let y = targets[t]
+            let row = logits + t * V, d = dLogits + t * V
+            if y == ignoreIndex || y < 0 || y >= V {
+                d.update(repeating: 0, count: V)
+            } else {
+                let (m, s) = crossEntropyRowStats(row, V)
+                let k = Double(scale) / s
+                for i in 0..<V { d[i] = S(k * Double.exponential(Double(row[i] - m))) }
+                d[y] -= scale
+            }
+            t += workers
+        }
+    }
+}

@@ -1,0 +1,378 @@
+import Foundation
+import Testing
+@testable import Kernels
+
+/// Every backward kernel against central finite differences, in Double (the same generic code the
+/// Float entry points run), then the Float entry points against the Double run. Loss L = Σ w ⊙ out
+/// with random w, so dOut = w. See GradCheck.swift.
+@Suite struct BackwardTests {
+    typealias G = GradCheck
+    static let fdTolerance = 1e-6       // Double analytic vs central differences (relative to max |grad|)
+    static let floatTolerance = 2e-4    // Float kernels vs Double
+
+    // MARK: RMSNorm
+
+    @Test func rmsnormBackwardMatchesFiniteDifferences() {
+        for (rows, C) in [(1, 1), (3, 7), (2, 33)] {
+            var x = G.values(rows * C, seed: UInt64(C), scale: 2), w = G.values(C, seed: 5 + UInt64(C))
+            let wL = G.values(rows * C, seed: 77)
+            let eps = 1e-5
+            func loss(_ x: [Double], _ w: [Double]) -> Double {
+                var out = [Double](repeating: 0, count: rows * C)
+                for r in 0..<rows {
+                    let ss = (0..<C).reduce(0.0) { $0 + x[r * C + $1] * x[r * C + $1] }
+                    let rs = 1 / (ss / Double(C) + eps).squareRoot()
+                    for i in 0..<C { out[r * C + i] = w[i] * x[r * C + i] * rs }
+                }
+                return G.dot(wL, out)
+            }
+            var dx = [Double](repeating: 0, count: rows * C), dw = [Double](repeating: 0, count: C)
+            rmsnormBackwardImpl(dInp: &dx, dWeight: &dw, dOut: wL, inp: x, weight: w, rows: rows, channels: C,
+                                epsilon: eps)
+            let nx = G.numericGradient(&x) { loss($0, w) }
+            let nw = G.numericGradient(&w) { loss(x, $0) }
+            #expect(G.relativeError(dx, nx) < Self.fdTolerance, "dInp rows \(rows) C \(C)")
+            #expect(G.relativeError(dw, nw) < Self.fdTolerance, "dWeight rows \(rows) C \(C)")
+
+            // Float entry point; dWeight nil leaves the input gradient unchanged; accumulation adds.
+            var fx = [Float](repeating: 1, count: rows * C), fw = [Float](repeating: 0, count: C)
+            rmsnormBackward(dInp: &fx, dWeight: &fw, dOut: G.float(wL), inp: G.float(x), weight: G.float(w),
+                            rows: rows, channels: C, epsilon: Float(eps))
+            #expect(G.relativeError(fx.map { $0 - 1 }, dx) < Self.floatTolerance, "float dInp C \(C)")
+            #expect(G.relativeError(fw, dw) < Self.floatTolerance, "float dWeight C \(C)")
+            var fx2 = [Float](repeating: 0, count: rows * C)
+            rmsnormBackward(dInp: &fx2, dWeight: nil, dOut: G.float(wL), inp: G.float(x), weight: G.float(w),
+                            rows: rows, channels: C, epsilon: Float(eps))
+            #expect(G.relativeError(fx2, dx) < Self.floatTolerance, "float frozen dInp C \(C)")
+        }
+    }
+
+    // MARK: RoPE
+
+    @Test func ropeBackwardMatchesFiniteDifferences() {
+        let (T, heads, D) = (3, 2, 6), stride = heads * D + 4     // padded token rows
+        let angles = G.values(T * D / 2, seed: 3, scale: 3)
+        let cos = angles.map { Foundation.cos($0) }, sin = angles.map { Foundation.sin($0) }
+        var x = G.values(T * stride, seed: 9)
+        let wL = G.values(T * stride, seed: 10)
+        func loss(_ x: [Double]) -> Double {
+            var y = x
+            ropeForwardImpl(x: &y, cos: cos, sin: sin, rows: T, heads: heads, headDim: D, rowStride: stride)
+            return G.dot(wL, y)
+        }
+        var dx = wL
+        ropeBackwardImpl(dX: &dx, cos: cos, sin: sin, rows: T, heads: heads, headDim: D, rowStride: stride)
+        // The padding columns are untouched by RoPE: their gradient is dOut itself, as FD says.
+        let n = G.numericGradient(&x, loss)
+        #expect(G.relativeError(dx, n) < Self.fdTolerance)
+
+        // Float: ropeBackward vs Double, and ropeForward (the existing kernel) matches ropeForwardImpl.
+        var fdx = G.float(wL)
+        ropeBackward(dX: &fdx, cos: G.float(cos), sin: G.float(sin), rows: T, heads: heads, headDim: D,
+                     rowStride: stride)
+        #expect(G.relativeError(fdx, dx) < Self.floatTolerance)
+        var fy = G.float(x), dy = x
+        ropeForward(x: &fy, cos: G.float(cos), sin: G.float(sin), rows: T, heads: heads, headDim: D, rowStride: stride)
+        ropeForwardImpl(x: &dy, cos: cos, sin: sin, rows: T, heads: heads, headDim: D, rowStride: stride)
+        #expect(G.relativeError(fy, dy) < Self.floatTolerance)
+    }
+
+    // MARK: SwiGLU
+
+    @Test func siluMulBackwardMatchesFiniteDifferences() {
+        let n = 13
+        var g = G.values(n, seed: 1, scale: 6), u = G.values(n, seed: 2, scale: 2)
+        let wL = G.values(n, seed: 3)
+        func loss(_ g: [Double], _ u: [Double]) -> Double {
+            var out = [Double](repeating: 0, count: n)
+            siluMulForwardImpl(out: &out, gate: g, up: u, count: n)
+            return G.dot(wL, out)
+        }
+        var dg = [Double](repeating: 0, count: n), du = [Double](repeating: 0, count: n)
+        siluMulBackwardImpl(dGate: &dg, dUp: &du, dOut: wL, gate: g, up: u, count: n)
+        #expect(G.relativeError(dg, G.numericGradient(&g) { loss($0, u) }) < Self.fdTolerance)
+        #expect(G.relativeError(du, G.numericGradient(&u) { loss(g, $0) }) < Self.fdTolerance)
+
+        var fg = [Float](repeating: 0, count: n), fu = [Float](repeating: 0, count: n)
+        siluMulBackward(dGate: &fg, dUp: &fu, dOut: G.float(wL), gate: G.float(g), up: G.float(u), count: n)
+        #expect(G.relativeError(fg, dg) < Self.floatTolerance)
+        #expect(G.relativeError(fu, du) < Self.floatTolerance)
+    }
+
+    // MARK: Dense matmul
+
+    @Test func matmulBackwardMatchesFiniteDifferences() {
+        let (T, C, OC) = (3, 5, 7)
+        var x = G.values(T * C, seed: 4), w = G.values(OC * C, seed: 5)
+        let wL = G.values(T * OC, seed: 6)
+        func loss(_ x: [Double], _ w: [Double]) -> Double {
+            var out = [Double](repeating: 0, count: T * OC)
+            matmulForwardImpl(out: &out, inp: x, weight: w, rows: T, inChannels: C, outChannels: OC)
+            return G.dot(wL, out)
+        }
+        var dx = [Double](repeating: 0, count: T * C), dw = [Double](repeating: 0, count: OC * C)
+        matmulBackwardInputImpl(dInp: &dx, dOut: wL, weight: w, rows: T, inChannels: C, outChannels: OC)
+        matmulBackwardWeightImpl(dWeight: &dw, dBias: nil, dOut: wL, inp: x, rows: T, inChannels: C, outChannels: OC)
+        #expect(G.relativeError(dx, G.numericGradient(&x) { loss($0, w) }) < Self.fdTolerance)
+        #expect(G.relativeError(dw, G.numericGradient(&w) { loss(x, $0) }) < Self.fdTolerance)
+
+        var fx = [Float](repeating: 0, count: T * C), fw = [Float](repeating: 0, count: OC * C)
+        var fb = [Float](repeating: 0, count: OC)
+        matmulBackwardInput(dInp: &fx, dOut: G.float(wL), weight: G.float(w), rows: T, inChannels: C, outChannels: OC)
+        matmulBackwardWeight(dWeight: &fw, dBias: &fb, dOut: G.float(wL), inp: G.float(x), rows: T, inChannels: C,
+                             outChannels: OC)
+        #expect(G.relativeError(fx, dx) < Self.floatTolerance)
+        #expect(G.relativeError(fw, dw) < Self.floatTolerance)
+        let db = (0..<OC).map { o in (0..<T).reduce(0.0) { $0 + wL[$1 * OC + o] } }
+        #expect(G.relativeError(fb, db) < Self.floatTolerance)
+    }
+
+    // MARK: Attention
+
+    /// Naive attention in Double, written independently of the kernels: the mask and GQA mapping spelled out.
+    static func naiveAttention(q: [Double], k: [Double], v: [Double], segmentStart: [Int]?, T: Int, heads: Int,
+                               kvHeads: Int, D: Int) -> [Double] {
+        let g = heads / kvHeads, qDim = heads * D, kvDim = kvHeads * D
+        var out = [Double](repeating: 0, count: T * qDim)
+        for h in 0..<heads {
+            let j = h / g
+            for t in 0..<T {
+                let lo = segmentStart?[t] ?? 0
+                var s = [Double](repeating: 0, count: t + 1 - lo)
+                for p in lo...t {
+                    var d = 0.0
+                    for i in 0..<D { d += q[t * qDim + h * D + i] * k[p * kvDim + j * D + i] }
+                    s[p - lo] = d / Double(D).squareRoot()
+                }
+                let m = s.max()!, e = s.map { exp($0 - m) }, z = e.reduce(0, +)
+                for p in lo...t { for i in 0..<D { out[t * qDim + h * D + i] += e[p - lo] / z * v[p * kvDim + j * D + i] } }
+            }
+        }
+        return out
+    }
+
+    @Test(arguments: [false, true])
+    func attentionBackwardMatchesFiniteDifferences(segmented: Bool) {
+        let (T, heads, kvHeads, D) = (7, 6, 2, 4)        // GQA g = 3
+        let seg: [Int]? = segmented ? [0, 0, 0, 3, 3, 3, 6] : nil
+        let qDim = heads * D, kvDim = kvHeads * D
+        var q = G.values(T * qDim, seed: 11, scale: 1.5), k = G.values(T * kvDim, seed: 12, scale: 1.5)
+        var v = G.values(T * kvDim, seed: 13)
+        let wL = G.values(T * qDim, seed: 14)
+        func forward(_ q: [Double], _ k: [Double], _ v: [Double], threads: Int = 2) -> [Double] {
+            var out = [Double](repeating: .nan, count: T * qDim)
+            var scratch = [Double](repeating: 0, count: attentionTrainForwardScratchCount(tokens: T, heads: heads,
+                                                                                           threads: threads))
+            func run(_ s: UnsafePointer<Int>?) {
+                attentionTrainForwardImpl(out: &out, q: q, k: k, v: v, segmentStart: s, scratch: &scratch, tokens: T,
+                                          heads: heads, kvHeads: kvHeads, headDim: D, threads: threads)
+            }
+            if let seg { seg.withUnsafeBufferPointer { run($0.baseAddress) } } else { run(nil) }
+            return out
+        }
+        let ref = Self.naiveAttention(q: q, k: k, v: v, segmentStart: seg, T: T, heads: heads, kvHeads: kvHeads, D: D)
+        #expect(G.relativeError(forward(q, k, v), ref) < 1e-12)
+        #expect(G.relativeError(forward(q, k, v, threads: 1), ref) < 1e-12)
+
+        func backward(threads: Int) -> ([Double], [Double], [Double]) {
+            var dq = [Double](repeating: 0, count: T * qDim), dk = [Double](repeating: 0, count: T * kvDim)
+            var dv = [Double](repeating: 0, count: T * kvDim)
+            var scratch = [Double](repeating: 0, count: attentionBackwardScratchCount(
+                tokens: T, heads: heads, kvHeads: kvHeads, headDim: D, threads: threads))
+            func run(_ s: UnsafePointer<Int>?) {
+                attentionBackwardImpl(dQ: &dq, dK: &dk, dV: &dv, dOut: wL, q: q, k: k, v: v, segmentStart: s,
+                                      scratch: &scratch, tokens: T, heads: heads, kvHeads: kvHeads, headDim: D,
+                                      threads: threads)
+            }
+            if let seg { seg.withUnsafeBufferPointer { run($0.baseAddress) } } else { run(nil) }
+            return (dq, dk, dv)
+        }
+        let (dq, dk, dv) = backward(threads: 2)
+        let nq = G.numericGradient(&q) { G.dot(wL, forward($0, k, v)) }
+        let nk = G.numericGradient(&k) { G.dot(wL, forward(q, $0, v)) }
+        let nv = G.numericGradient(&v) { G.dot(wL, forward(q, k, $0)) }
+        #expect(G.relativeError(dq, nq) < Self.fdTolerance, "dQ")
+        #expect(G.relativeError(dk, nk) < Self.fdTolerance, "dK")
+        #expect(G.relativeError(dv, nv) < Self.fdTolerance, "dV")
+        let (dq1, dk1, dv1) = backward(threads: 1)       // the single-worker path writes dK/dV directly
+        #expect(G.relativeError(dq1, dq) < 1e-12 && G.relativeError(dk1, dk) < 1e-12 && G.relativeError(dv1, dv) < 1e-12)
+
+        // Float entry points vs Double.
+        let (fq, fk, fv) = (G.float(q), G.float(k), G.float(v))
+        var fout = [Float](repeating: .nan, count: T * qDim)
+        var fscratch = [Float](repeating: 0, count: attentionBackwardScratchCount(
+            tokens: T, heads: heads, kvHeads: kvHeads, headDim: D) + attentionTrainForwardScratchCount(tokens: T, heads: heads))
+        var fdq = [Float](repeating: 0, count: T * qDim), fdk = [Float](repeating: 0, count: T * kvDim)
+        var fdv = [Float](repeating: 0, count: T * kvDim)
+        func runFloat(_ s: UnsafePointer<Int>?) {
+            attentionTrainForward(out: &fout, q: fq, k: fk, v: fv, segmentStart: s, scratch: &fscratch, tokens: T,
+                                  heads: heads, kvHeads: kvHeads, headDim: D)
+            attentionBackward(dQ: &fdq, dK: &fdk, dV: &fdv, dOut: G.float(wL), q: fq, k: fk, v: fv, segmentStart: s,
+                              scratch: &fscratch, tokens: T, heads: heads, kvHeads: kvHeads, headDim: D)
+        }
+        if let seg { seg.withUnsafeBufferPointer { runFloat($0.baseAddress) } } else { runFloat(nil) }
+        #expect(G.relativeError(fout, ref) < Self.floatTolerance)
+        #expect(G.relativeError(fdq, dq) < Self.floatTolerance)
+        #expect(G.relativeError(fdk, dk) < Self.floatTolerance)
+        #expect(G.relativeError(fdv, dv) < Self.floatTolerance)
+
+        if !segmented {
+            // Same result as the inference kernel (KV cache = k, v, startPosition 0).
+            var inf = [Float](repeating: .nan, count: T * qDim)
+            var s2 = [Float](repeating: 0, count: attentionScratchCount(tokens: T, keys: T, heads: heads))
+            attentionForward(out: &inf, q: fq, keys: fk, values: fv, scratch: &s2, tokens: T, startPosition: 0,
+                             heads: heads, kvHeads: kvHeads, headDim: D)
+            #expect(G.relativeError(inf, fout.map(Double.init)) < 1e-5)
+        }
+    }
+
+    // MARK: LoRA
+
+    @Test(arguments: [false, true])
+    func loraBackwardMatchesFiniteDifferences(dropout: Bool) {
+        let (N, C, OC, R) = (4, 6, 5, 3), scale = 2.0, p = 0.25
+        var x = G.values(N * C, seed: 21), a = G.values(R * C, seed: 22), b = G.values(OC * R, seed: 23)
+        let base = G.values(N * OC, seed: 24), wL = G.values(N * OC, seed: 25)
+        var mask = [UInt8](repeating: 1, count: N * C)
+        if dropout { loraDropoutMask(mask: &mask, count: N * C, p: Float(p), seed: 42) }
+        if dropout { #expect(mask.contains(0) && mask.contains(1)) }
+        func forward(_ x: [Double], _ a: [Double], _ b: [Double], scratch: Bool = true) -> ([Double], [Double]) {
+            var out = base, h = [Double](repeating: .nan, count: N * R), u = [Double](repeating: 0, count: N * C)
+            mask.withUnsafeBufferPointer { m in
+                let mp = dropout ? m.baseAddress : nil
+                if scratch {
+                    loraForwardImpl(out: &out, h: &h, maskedInput: &u, inp: x, mask: mp, dropout: p, a: a, b: b,
+                                    scale: scale, rows: N, inChannels: C, outChannels: OC, rank: R)
+                } else {
+                    loraForwardImpl(out: &out, h: &h, maskedInput: nil, inp: x, mask: mp, dropout: p, a: a, b: b,
+                                    scale: scale, rows: N, inChannels: C, outChannels: OC, rank: R)
+                }
+            }
+            return (out, h)
+        }
+        // Forward against the formula spelled out.
+        let (out, h) = forward(x, a, b)
+        var ref = base
+        for n in 0..<N { for o in 0..<OC {
+            var s = 0.0
+            for r in 0..<R { for c in 0..<C {
+                let u = dropout ? (mask[n * C + c] != 0 ? x[n * C + c] / (1 - p) : 0) : x[n * C + c]
+                s += b[o * R + r] * a[r * C + c] * u
+            } }
+            ref[n * OC + o] += scale * s
+        } }
+        #expect(G.relativeError(out, ref) < 1e-12)
+        #expect(G.relativeError(forward(x, a, b, scratch: false).0, ref) < 1e-12)
+
+        var dx = [Double](repeating: 0, count: N * C), da = [Double](repeating: 0, count: R * C)
+        var db = [Double](repeating: 0, count: OC * R)
+        var scratch = [Double](repeating: 0, count: loraBackwardScratchCount(rows: N, inChannels: C, rank: R,
+                                                                             dropout: dropout))
+        mask.withUnsafeBufferPointer { m in
+            loraBackwardImpl(dInp: &dx, dA: &da, dB: &db, dOut: wL, inp: x, mask: dropout ? m.baseAddress : nil,
+                             dropout: p, h: h, a: a, b: b, scale: scale, scratch: &scratch, rows: N, inChannels: C,
+                             outChannels: OC, rank: R)
+        }
+        #expect(G.relativeError(dx, G.numericGradient(&x) { G.dot(wL, forward($0, a, b).0) }) < Self.fdTolerance)
+        #expect(G.relativeError(da, G.numericGradient(&a) { G.dot(wL, forward(x, $0, b).0) }) < Self.fdTolerance)
+        #expect(G.relativeError(db, G.numericGradient(&b) { G.dot(wL, forward(x, a, $0).0) }) < Self.fdTolerance)
+
+        // Float entry points vs Double.
+        var fout = G.float(base), fh = [Float](repeating: 0, count: N * R), fu = [Float](repeating: 0, count: N * C)
+        var fdx = [Float](repeating: 0, count: N * C), fda = [Float](repeating: 0, count: R * C)
+        var fdb = [Float](repeating: 0, count: OC * R)
+        var fs = [Float](repeating: 0, count: loraBackwardScratchCount(rows: N, inChannels: C, rank: R, dropout: dropout))
+        let (fx, fa, fb) = (G.float(x), G.float(a), G.float(b))
+        mask.withUnsafeBufferPointer { m in
+            let mp = dropout ? m.baseAddress : nil
+            loraForward(out: &fout, h: &fh, maskedInput: &fu, inp: fx, mask: mp, dropout: Float(p), a: fa, b: fb,
+                        scale: Float(scale), rows: N, inChannels: C, outChannels: OC, rank: R)
+            loraBackward(dInp: &fdx, dA: &fda, dB: &fdb, dOut: G.float(wL), inp: fx, mask: mp, dropout: Float(p),
+                         h: fh, a: fa, b: fb, scale: Float(scale), scratch: &fs, rows: N, inChannels: C,
+                         outChannels: OC, rank: R)
+        }
+        #expect(G.relativeError(fout, ref) < Self.floatTolerance)
+        #expect(G.relativeError(fdx, dx) < Self.floatTolerance)
+        #expect(G.relativeError(fda, da) < Self.floatTolerance)
+        #expect(G.relativeError(fdb, db) < Self.floatTolerance)
+    }
+
+    @Test func loraDropoutMaskKeepsOneMinusPAndIsSeeded() {
+        let n = 200_000
+        var m1 = [UInt8](repeating: 9, count: n), m2 = m1, m3 = m1
+        loraDropoutMask(mask: &m1, count: n, p: 0.1, seed: 7)
+        loraDropoutMask(mask: &m2, count: n, p: 0.1, seed: 7)
+        loraDropoutMask(mask: &m3, count: n, p: 0.1, seed: 8)
+        let dropped = Double(m1.filter { $0 == 0 }.count) / Double(n)
+        #expect(abs(dropped - 0.1) < 0.004, "dropped fraction \(dropped)")
+        #expect(m1.allSatisfy { $0 <= 1 })
+        #expect(m1 == m2)
+        #expect(m1 != m3)
+        var none = [UInt8](repeating: 9, count: 1000)
+        loraDropoutMask(mask: &none, count: 1000, p: 0, seed: 1)
+        #expect(none.allSatisfy { $0 == 1 })
+    }
+
+    // MARK: Cross-entropy
+
+    @Test func crossEntropyMatchesFiniteDifferencesAndIgnoresMaskedRows() throws {
+        let (T, V) = (5, 11), scale = 0.37
+        let targets = [3, -100, 0, 10, -100]
+        var logits = G.values(T * V, seed: 31, scale: 4)
+        func loss(_ l: [Double]) -> Double {
+            var losses = [Double](repeating: .nan, count: T)
+            let (sum, _) = try! crossEntropyForwardImpl(losses: &losses, logits: l, targets: targets, rows: T, vocab: V,
+                                                        ignoreIndex: -100, threads: 2)
+            return scale * sum
+        }
+        // Forward against the formula spelled out.
+        var losses = [Double](repeating: .nan, count: T)
+        let (sum, count) = try crossEntropyForwardImpl(losses: &losses, logits: logits, targets: targets, rows: T,
+                                                       vocab: V, ignoreIndex: -100, threads: 2)
+        #expect(count == 3)
+        var refSum = 0.0
+        for t in 0..<T {
+            if targets[t] < 0 { #expect(losses[t] == 0); continue }
+            let row = Array(logits[t * V ..< (t + 1) * V])
+            let ref = log(row.map { exp($0) }.reduce(0, +)) - row[targets[t]]
+            #expect(abs(losses[t] - ref) < 1e-12)
+            refSum += ref
+        }
+        #expect(abs(sum - refSum) < 1e-12)
+
+        var d = [Double](repeating: .nan, count: T * V)
+        crossEntropyBackwardImpl(dLogits: &d, logits: logits, targets: targets, scale: scale, rows: T, vocab: V,
+                                 ignoreIndex: -100, threads: 2)
+        let n = G.numericGradient(&logits, loss)
+        #expect(G.relativeError(d, n) < Self.fdTolerance)
+        for t in [1, 4] { #expect(d[t * V ..< (t + 1) * V].allSatisfy { $0 == 0 }) }
+
+        // Float, in place over the logits buffer.
+        var fl = G.float(logits), fLosses = [Float](repeating: .nan, count: T)
+        let (fsum, fcount) = try crossEntropyForward(losses: &fLosses, logits: fl, targets: targets, rows: T, vocab: V)
+        #expect(fcount == 3 && abs(fsum - sum) < 1e-5)
+        fl.withUnsafeMutableBufferPointer { p in
+            crossEntropyBackward(dLogits: p.baseAddress!, logits: p.baseAddress!, targets: targets, scale: Float(scale),
+                                 rows: T, vocab: V)
+        }
+        #expect(G.relativeError(fl, d) < Self.floatTolerance)
+    }
+
+    @Test func crossEntropyIsStableForHugeLogitsAndRejectsBadTargets() throws {
+        let V = 7
+        var logits: [Float] = (0..<V).map { Float($0) * 1000 + 50_000 }     // exp would overflow unshifted
+        var losses = [Float](repeating: .nan, count: 1)
+        let (sum, count) = try crossEntropyForward(losses: &losses, logits: logits, targets: [V - 1], rows: 1, vocab: V)
+        #expect(count == 1 && sum.isFinite && sum >= 0 && sum < 1e-6)
+        logits.withUnsafeMutableBufferPointer { p in
+            crossEntropyBackward(dLogits: p.baseAddress!, logits: p.baseAddress!, targets: [0], scale: 1, rows: 1,
+                                 vocab: V)
+        }
+        #expect(logits.allSatisfy { $0.isFinite })
+        #expect(abs(logits[0] + 1) < 1e-6 && abs(logits[V - 1] - 1) < 1e-6)
+        var two = [Float](repeating: .nan, count: 2)
+        #expect(throws: CrossEntropyError(row: 1, target: V, vocab: V)) {
+            try crossEntropyForward(losses: &two, logits: logits + logits, targets: [0, V], rows: 2, vocab: V)
+        }
+    }
+}
