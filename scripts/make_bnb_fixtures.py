@@ -13,7 +13,9 @@ Round trip (needs the built qlora binary; run with --round-trip PATH_TO_QLORA):
   runs `qlora quantize` on the tiny fp32 folders with the same options, loads OUR output with
   AutoModelForCausalLM.from_pretrained, compares its logits with transformers' own 4-bit model and
   writes the figures to roundtrip.json.
-Run: /opt/peers/venv/bin/python scripts/make_bnb_fixtures.py [--round-trip .build-x/release/qlora]
+With --smollm2 PATH_TO_QLORA: the same check on the real SmolLM2 GGUF against transformers' 4-bit load
+of /opt/peers/models/smollm2-135m-hf (written to smollm2-roundtrip.json; a note, not used by tests).
+Run: /opt/peers/venv/bin/python scripts/make_bnb_fixtures.py [--round-trip|--smollm2 .build-x/release/qlora]
 """
 import json
 import os
@@ -98,7 +100,7 @@ def round_trip(qlora):
             results[name] = {"max_abs_logit_diff": float((ours - theirs).abs().max()),
                              "identical_logits": bool(torch.equal(ours, theirs)),
                              "identical_tensors": same_tensors,
-                             "summary": r.stdout.strip()}
+                             "summary": r.stdout.strip().replace(out, "<output>")}
             print(name, results[name], file=sys.stderr)
     results["transformers"] = transformers.__version__
     results["bitsandbytes"] = bitsandbytes.__version__
@@ -106,8 +108,49 @@ def round_trip(qlora):
         json.dump(results, f, indent=2)
 
 
+def smollm2(qlora):
+    """`qlora quantize` on the real SmolLM2 Q4_1 GGUF (default options: nf4 + DQ, bfloat16) against
+    transformers' own 4-bit load of the float32 HF conversion of the same GGUF (same options):
+    tensors, logits on a chat prompt, and the synthesized tokenizer.json vs the HF one."""
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer
+    gguf = subprocess.run(["bash", os.path.join(HERE, "fetch_model.sh")], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    smol = "/opt/peers/models/smollm2-135m-hf"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out")
+        r = subprocess.run([qlora, "quantize", "--model", gguf, "--output", out], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+        theirs = AutoModelForCausalLM.from_pretrained(smol, quantization_config=q, dtype=torch.bfloat16, device_map="cpu").eval()
+        ref_dir = os.path.join(tmp, "ref")
+        theirs.save_pretrained(ref_dir)
+        a, b = load_file(os.path.join(out, "model.safetensors")), load_file(os.path.join(ref_dir, "model.safetensors"))
+        differing = [k for k in b if k not in a or not torch.equal(a[k], b[k])]
+        ours = AutoModelForCausalLM.from_pretrained(out, device_map="cpu").eval()
+        tok_ours = Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
+        tok_ref = Tokenizer.from_file(os.path.join(smol, "tokenizer.json"))
+        texts = ["Hello, world! 12345 tokens", "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+                 "  spaces\tand\nnew lines ü ß 漢字 3.14159"]
+        tok_same = {t: tok_ours.encode(t).ids == tok_ref.encode(t).ids for t in texts}
+        ids = tok_ref.encode(texts[1]).ids
+        lo = ours(torch.tensor([ids])).logits[0].float()
+        lt = theirs(torch.tensor([ids])).logits[0].float()
+        res = {"differing_tensors": differing, "tensors": len(b),
+               "file_bytes": os.path.getsize(os.path.join(out, "model.safetensors")),
+               "reference_file_bytes": os.path.getsize(os.path.join(ref_dir, "model.safetensors")),
+               "max_abs_logit_diff": float((lo - lt).abs().max()), "identical_logits": bool(torch.equal(lo, lt)),
+               "tokenizer_same_ids": tok_same, "summary": r.stdout.strip().replace(out, "<output>"),
+               "transformers": transformers.__version__, "bitsandbytes": bitsandbytes.__version__}
+        print(json.dumps(res, indent=2))
+        with open(os.path.join(ROOT, "smollm2-roundtrip.json"), "w") as f:
+            json.dump(res, f, indent=2)
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--round-trip":
         round_trip(os.path.abspath(sys.argv[2]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--smollm2":
+        smollm2(os.path.abspath(sys.argv[2]))
     else:
         make()

@@ -115,4 +115,26 @@ import _TestSupport
         let model = try BitsAndBytesModel(directory: out)
         #expect(model.quantizedTensorNames.count == 210)
     }
+
+    /// The transformers-saved 4-bit folders run through our Llama forward (4-bit weights used as
+    /// stored, or dequantized to float32) give transformers' 4-bit logits (compute dtype float32).
+    @Test(arguments: ["gqa-tied-nf4-dq", "gqa-tied-fp4", "untied-nf4-dq"])
+    func transformersCheckpointGivesTransformersLogits(_ fixture: String) throws {
+        let dir = Fixtures.path("bnb/" + fixture)
+        let data = try Data(contentsOf: URL(fileURLWithPath: dir + "/expected.json"))
+        let j = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let prompt = try #require(j["prompt"] as? [Int])
+        let expected = try #require(j["logits"] as? [[Double]]).flatMap { $0.map(Float.init) }
+        let config = try LlamaConfig(huggingFaceConfigFile: dir + "/config.json")
+        let source = try BitsAndBytesModel(directory: dir)
+        // Any quantizing policy keeps the stored 4-bit tensors (no requantization); .none dequantizes them.
+        for policy in [QuantizationPolicy(quantType: .nf4), QuantizationPolicy.none] {
+            let weights = try LlamaWeights(config: config, source: source, file: dir, policy: policy)
+            let model = try LlamaModel(config: config, weights: weights, maxContext: 64)
+            let logits = try model.forward(tokens: prompt, startPosition: 0, logits: .all)
+            #expect(logits.count == expected.count)
+            let diff = zip(logits, expected).map { abs($0 - $1) }.max() ?? .infinity
+            #expect(diff < 1e-3, "\(fixture) policy \(policy): max |Δlogit| = \(diff)")
+        }
+    }
 }

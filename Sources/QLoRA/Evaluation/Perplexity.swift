@@ -32,6 +32,11 @@ public struct PerplexityWindow: Sendable, Equatable {
     public var tokens: Range<Int>
     /// Scored targets are `firstScored ..< tokens.upperBound` (absolute token indices).
     public var firstScored: Int
+
+    public init(tokens: Range<Int>, firstScored: Int) {
+        self.tokens = tokens
+        self.firstScored = firstScored
+    }
 }
 
 public enum PerplexityEvaluator {
