@@ -6,7 +6,7 @@ import Darwin
 
 // Token-level cross-entropy over materialized logits [T, V] (the fused logits-free variant is not
 // built yet). Targets equal to `ignoreIndex` (−100, Hugging Face's convention) contribute nothing.
-// Log-sum-exp is max-subtracted and accumulated in Double. Rows run in parallel over `threads` workers.
+// Log-sum-exp is max-subtracted; exp in the element type (Float: the kernels' AVX2 exp), sums in Double. Rows run in parallel over `threads` workers.
 
 /// A target id that is neither `ignoreIndex` nor in 0 ..< vocab.
 public struct CrossEntropyError: Error, CustomStringConvertible, Equatable {
@@ -45,7 +45,19 @@ func crossEntropyRowStats<S: KernelScalar>(_ x: UnsafePointer<S>, _ V: Int) -> (
     var m = x[0]
     for i in 1..<max(1, V) where x[i] > m { m = x[i] }
     var s = 0.0
-    for i in 0..<V { s += Double.exponential(Double(x[i] - m)) }
+    withUnsafeTemporaryAllocation(of: S.self, capacity: expChunk) { tmp in
+        let e = tmp.baseAddress!
+        var i0 = 0
+        while i0 < V {
+            let n = min(expChunk, V - i0)
+            for j in 0..<n { e[j] = x[i0 + j] - m }
+            S.expRow(e, e, n)
+            var part: S = 0                                   // ≤ 256 terms ≤ 1 each, then Double
+            for j in 0..<n { part += e[j] }
+            s += Double(part)
+            i0 += n
+        }
+    }
     return (m, s)
 }
 
@@ -92,8 +104,10 @@ func crossEntropyBackwardImpl<S: KernelScalar>(dLogits: UnsafeMutablePointer<S>,
                 d.update(repeating: 0, count: V)
             } else {
                 let (m, s) = crossEntropyRowStats(row, V)
-                let k = Double(scale) / s
-                for i in 0..<V { d[i] = S(k * Double.exponential(Double(row[i] - m))) }
+                let k = S(Double(scale) / s)          // d may be row: each element is read before written
+                for i in 0..<V { d[i] = row[i] - m }
+                S.expRow(d, d, V)
+                for i in 0..<V { d[i] *= k }
                 d[y] -= scale
             }
             t += workers

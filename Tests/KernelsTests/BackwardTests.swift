@@ -378,6 +378,66 @@ import Testing
         }
     }
 
+    // MARK: Float kernels at sizes past the vector chunks (256-element exp chunks, many heads)
+
+    @Test func floatKernelsMatchDoubleAtLargerSizes() throws {
+        // SwiGLU over 4 exp chunks (the last one partial).
+        let n = 1000
+        let g = G.values(n, seed: 41, scale: 8), u = G.values(n, seed: 42), w = G.values(n, seed: 43)
+        var dg = [Double](repeating: 0, count: n), du = dg
+        siluMulBackwardImpl(dGate: &dg, dUp: &du, dOut: w, gate: g, up: u, count: n)
+        var fg = [Float](repeating: 0, count: n), fu = fg
+        siluMulBackward(dGate: &fg, dUp: &fu, dOut: G.float(w), gate: G.float(g), up: G.float(u), count: n)
+        #expect(G.relativeError(fg, dg) < Self.floatTolerance && G.relativeError(fu, du) < Self.floatTolerance)
+
+        // Cross-entropy with V = 600 (chunks of 256 + a tail).
+        let (T, V) = (3, 600), targets = [599, -100, 256]
+        let logits = G.values(T * V, seed: 44, scale: 10)
+        var losses = [Double](repeating: 0, count: T), d = [Double](repeating: 0, count: T * V)
+        let (sum, _) = try crossEntropyForwardImpl(losses: &losses, logits: logits, targets: targets, rows: T, vocab: V,
+                                                   ignoreIndex: -100, threads: 2)
+        crossEntropyBackwardImpl(dLogits: &d, logits: logits, targets: targets, scale: 0.5, rows: T, vocab: V,
+                                 ignoreIndex: -100, threads: 2)
+        var fl = [Float](repeating: 0, count: T), fd = [Float](repeating: 0, count: T * V)
+        let (fsum, _) = try crossEntropyForward(losses: &fl, logits: G.float(logits), targets: targets, rows: T, vocab: V)
+        crossEntropyBackward(dLogits: &fd, logits: G.float(logits), targets: targets, scale: 0.5, rows: T, vocab: V)
+        #expect(abs(fsum - sum) < 1e-4 * max(1, abs(sum)))
+        #expect(G.relativeError(fd, d) < Self.floatTolerance)
+
+        // Attention with 9 query heads over 3 kv heads, T = 40, two packed segments.
+        let (AT, H, KH, D) = (40, 9, 3, 8)
+        let seg = (0..<AT).map { $0 < 17 ? 0 : 17 }
+        let q = G.values(AT * H * D, seed: 45), k = G.values(AT * KH * D, seed: 46), v = G.values(AT * KH * D, seed: 47)
+        let dO = G.values(AT * H * D, seed: 48)
+        var dq = [Double](repeating: 0, count: q.count), dk = [Double](repeating: 0, count: k.count), dv = dk
+        var ds = [Double](repeating: 0, count: attentionBackwardScratchCount(tokens: AT, heads: H, kvHeads: KH, headDim: D))
+        seg.withUnsafeBufferPointer { sp in
+            attentionBackwardImpl(dQ: &dq, dK: &dk, dV: &dv, dOut: dO, q: q, k: k, v: v, segmentStart: sp.baseAddress,
+                                  scratch: &ds, tokens: AT, heads: H, kvHeads: KH, headDim: D, threads: coreCount)
+        }
+        var fdq = [Float](repeating: 0, count: q.count), fdk = [Float](repeating: 0, count: k.count), fdv = fdk
+        var fs = [Float](repeating: 0, count: ds.count)
+        seg.withUnsafeBufferPointer { sp in
+            attentionBackward(dQ: &fdq, dK: &fdk, dV: &fdv, dOut: G.float(dO), q: G.float(q), k: G.float(k),
+                              v: G.float(v), segmentStart: sp.baseAddress, scratch: &fs, tokens: AT, heads: H,
+                              kvHeads: KH, headDim: D)
+        }
+        #expect(G.relativeError(fdq, dq) < Self.floatTolerance)
+        #expect(G.relativeError(fdk, dk) < Self.floatTolerance)
+        #expect(G.relativeError(fdv, dv) < Self.floatTolerance)
+        // No gradient crosses the segment boundary: keys/values of segment 2 do not affect segment 1's
+        // queries, so with dOut zero on segment 2 the dK/dV rows of segment 2 are exactly zero.
+        var dO1 = dO
+        for i in (17 * H * D)..<dO1.count { dO1[i] = 0 }
+        var dq1 = [Double](repeating: 0, count: q.count), dk1 = [Double](repeating: 0, count: k.count), dv1 = dk1
+        seg.withUnsafeBufferPointer { sp in
+            attentionBackwardImpl(dQ: &dq1, dK: &dk1, dV: &dv1, dOut: dO1, q: q, k: k, v: v, segmentStart: sp.baseAddress,
+                                  scratch: &ds, tokens: AT, heads: H, kvHeads: KH, headDim: D, threads: coreCount)
+        }
+        #expect(dk1[(17 * KH * D)...].allSatisfy { $0 == 0 } && dv1[(17 * KH * D)...].allSatisfy { $0 == 0 })
+        #expect(dk1[..<(17 * KH * D)].contains { $0 != 0 })
+    }
+
     // MARK: Composite: one transformer block with frozen base weights and LoRA everywhere
 
     /// One LLaMA block in Double: RMSNorm → q/k/v (+LoRA) → RoPE → GQA attention (document mask) →

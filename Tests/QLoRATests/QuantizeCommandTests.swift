@@ -137,4 +137,26 @@ import _TestSupport
             #expect(diff < 1e-3, "\(fixture) policy \(policy): max |Δlogit| = \(diff)")
         }
     }
+
+    @Test func unsupportedGGUFTokenizersAreRejectedByName() throws {
+        let tokens = GGUFValue.array(.string(["a", "b", "ab"]))
+        let merges = GGUFValue.array(.string(["a b"]))
+        func message(_ m: [String: GGUFValue]) -> String {
+            do { _ = try HuggingFaceTokenizerFiles(ggufMetadata: m, file: "x.gguf"); return "no error" } catch { return "\(error)" }
+        }
+        var e = message(["tokenizer.ggml.model": .string("llama"), "tokenizer.ggml.tokens": tokens])
+        #expect(e.contains("x.gguf") && e.contains("tokenizer.ggml.model") && e.contains("SentencePiece"), "\(e)")
+        e = message(["tokenizer.ggml.model": .string("gpt2"), "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": merges,
+                     "tokenizer.ggml.pre": .string("made-up")])
+        #expect(e.contains("tokenizer.ggml.pre") && e.contains("made-up"), "\(e)")
+        e = message(["tokenizer.ggml.model": .string("gpt2"), "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": merges,
+                     "tokenizer.ggml.pre": .string("smollm"), "tokenizer.ggml.eos_token_id": .uint32(7)])
+        #expect(e.contains("tokenizer.ggml.eos_token_id") && e.contains("0..<3"), "\(e)")
+        let ok = try HuggingFaceTokenizerFiles(ggufMetadata: ["tokenizer.ggml.model": .string("gpt2"), "tokenizer.ggml.tokens": tokens,
+                                                              "tokenizer.ggml.merges": merges, "tokenizer.ggml.pre": .string("smollm")],
+                                               file: "x.gguf")
+        let model = try #require(ok.tokenizerJSON["model"] as? [String: Any])
+        #expect(model["vocab"] as? [String: Int] == ["a": 0, "b": 1, "ab": 2])
+        #expect(model["merges"] as? [[String]] == [["a", "b"]])
+    }
 }

@@ -42,8 +42,8 @@ import _TestSupport
         let lastTrained = try #require(ex.labels.lastIndex { $0 != TrainingExample.ignoreIndex })
         #expect(ex.labels[lastTrained] == b.tokenizer.eosTokenId)
         // Through the batcher (padding with the same id) the EOS keeps its label and pads get −100.
-        var stream = try BatchStream(examples: ds.examples + [TrainingExample(inputIds: [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40], labels: Array(5...40))],
-                                     options: BatchingOptions(batchSize: 2, maxSeqLen: 64, padTokenId: b.tokenizer.padTokenId!))
+        var stream = try BatchStream(examples: ds.examples + [TrainingExample(inputIds: Array(5...84), labels: Array(5...84))],
+                                     options: BatchingOptions(batchSize: 2, maxSeqLen: 128, padTokenId: b.tokenizer.padTokenId!))
         let batch = try Self.unwrap(stream.next())
         let row = try #require(batch.rows.first { $0.exampleIndices == [0] })
         #expect(row.labels[lastTrained] == b.tokenizer.eosTokenId)
@@ -62,7 +62,7 @@ import _TestSupport
             #"{"text": "just some text"}"#,
             #"{"instruction": "Add", "input": "2 and 2", "output": "4"}"#,
             #"{"instruction": "Say hi", "output": "hi"}"#,
-            #"{"text": "### Human: Hello there ### Assistant: Hi! ### Human: Bye ### Assistant: Goodbye."}"#,
+            ####"{"text": "### Human: Hello there ### Assistant: Hi! ### Human: Bye ### Assistant: Goodbye."}"####,
             "",
         ]
         let ds = try TrainingData.load(jsonl: lines.joined(separator: "\n"), file: "all.jsonl", tokenizer: tok)

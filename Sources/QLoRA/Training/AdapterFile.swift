@@ -16,8 +16,10 @@ public struct LoRAPair: Equatable, Sendable {
     public init(a: LoRAMatrix, b: LoRAMatrix) { self.a = a; self.b = b }
 }
 
-/// adapter_config.json fields we use, plus our own identity fields (kept under the single key
-/// `swift_qlora`, which PEFT drops as an unknown key when loading).
+/// adapter_config.json fields we use, plus our own identity fields. The extras live in the
+/// safetensors `__metadata__` of adapter_model.safetensors (keys `swift_qlora.base_model_hash`,
+/// `swift_qlora.chat_template`, `swift_qlora.eos_token_ids` as JSON), which PEFT ignores silently;
+/// as an unknown key of adapter_config.json PEFT 0.21.2 would warn "Unexpected keyword arguments".
 public struct LoRAAdapterConfig: Equatable, Sendable {
     public var r: Int
     public var loraAlpha: Double
@@ -69,7 +71,7 @@ public enum AdapterFile {
     public static func write(_ adapter: LoRAAdapterWeights, to directory: String) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let dir = URL(fileURLWithPath: directory)
-        var w = SafetensorsWriter(metadata: ["format": "pt"])
+        var w = SafetensorsWriter(metadata: metadata(adapter.config))
         for (i, layer) in adapter.layers.enumerated() {
             for module in layer.keys.sorted() {
                 let pair = layer[module]!
@@ -88,13 +90,18 @@ public enum AdapterFile {
         try writeAtomically(Array(text.utf8), to: dir.appendingPathComponent(configFileName).path)
     }
 
+    /// The safetensors metadata: `format: pt` and our extras.
+    public static func metadata(_ c: LoRAAdapterConfig) -> [String: String] {
+        var m = ["format": "pt"]
+        if let h = c.baseModelHash { m["swift_qlora.base_model_hash"] = h }
+        if let t = c.chatTemplate { m["swift_qlora.chat_template"] = t }
+        if let e = c.eosTokenIds { m["swift_qlora.eos_token_ids"] = "[" + e.map(String.init).joined(separator: ", ") + "]" }
+        return m
+    }
+
     /// adapter_config.json text: SPEC §6.2's recommended keys, sorted, 2-space indent (as PEFT's
-    /// json.dumps(indent=2, sort_keys=True)), plus `swift_qlora` with our extras.
+    /// json.dumps(indent=2, sort_keys=True)).
     public static func configJSON(_ c: LoRAAdapterConfig) -> String {
-        var extras: [(String, JSONOut)] = []
-        if let h = c.baseModelHash { extras.append(("base_model_hash", .string(h))) }
-        if let t = c.chatTemplate { extras.append(("chat_template", .string(t))) }
-        if let e = c.eosTokenIds { extras.append(("eos_token_ids", .array(e.map { .number(Double($0)) }))) }
         let top: [(String, JSONOut)] = [
             ("alpha_pattern", .object([])),
             ("base_model_name_or_path", c.baseModelNameOrPath.map { .string($0) } ?? .null),
@@ -111,7 +118,6 @@ public enum AdapterFile {
             ("r", .number(Double(c.r))),
             ("rank_pattern", .object([])),
             ("revision", .null),
-            ("swift_qlora", .object(extras)),
             ("target_modules", .array(c.targetModules.sorted().map { .string($0) })),
             ("task_type", .string(c.taskType)),
             ("use_dora", .bool(false)),
@@ -124,9 +130,17 @@ public enum AdapterFile {
     public static func read(directory: String) throws -> LoRAAdapterWeights {
         let dir = URL(fileURLWithPath: directory)
         let cfgPath = dir.appendingPathComponent(configFileName).path
-        let config = try readConfig(cfgPath)
+        var config = try readConfig(cfgPath)
         let wPath = dir.appendingPathComponent(weightsFileName).path
         let file = try SafetensorsFile(path: wPath)
+        config.baseModelHash = file.metadata["swift_qlora.base_model_hash"]
+        config.chatTemplate = file.metadata["swift_qlora.chat_template"]
+        if let e = file.metadata["swift_qlora.eos_token_ids"] {
+            guard let ids = (try? JSONSerialization.jsonObject(with: Data(e.utf8))) as? [NSNumber] else {
+                throw ModelFormatError.invalidValue(file: wPath, field: "__metadata__.swift_qlora.eos_token_ids", value: e, expected: "a JSON list of ids")
+            }
+            config.eosTokenIds = ids.map(\.intValue)
+        }
         var layers: [[String: LoRAPair]] = []
         var parts: [Int: [String: (a: LoRAMatrix?, b: LoRAMatrix?)]] = [:]
         let prefix = "base_model.model.model.layers."
@@ -195,12 +209,9 @@ public enum AdapterFile {
         else if let s = o["target_modules"] as? String { targets = [s] }
         else if o["target_modules"] == nil || o["target_modules"] is NSNull { targets = ["q_proj", "v_proj"] }
         else { throw bad("target_modules", "a list of module names") }
-        let extras = o["swift_qlora"] as? [String: Any] ?? [:]
         return LoRAAdapterConfig(r: r, loraAlpha: alpha, loraDropout: dropout, useRSLoRA: rs, targetModules: targets,
                                  baseModelNameOrPath: o["base_model_name_or_path"] as? String,
-                                 bias: o["bias"] as? String ?? "none", taskType: o["task_type"] as? String ?? "CAUSAL_LM",
-                                 baseModelHash: extras["base_model_hash"] as? String, chatTemplate: extras["chat_template"] as? String,
-                                 eosTokenIds: (extras["eos_token_ids"] as? [NSNumber])?.map(\.intValue))
+                                 bias: o["bias"] as? String ?? "none", taskType: o["task_type"] as? String ?? "CAUSAL_LM")
     }
 
     static func writeAtomically(_ bytes: [UInt8], to path: String) throws {
