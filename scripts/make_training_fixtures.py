@@ -152,6 +152,8 @@ def peft_fixture():
                 p.copy_(torch.randn_like(p) * 0.01)
     d = os.path.join(OUT, "peft-tiny")
     pm.save_pretrained(d)
+    if os.path.exists(os.path.join(d, "README.md")):
+        os.remove(os.path.join(d, "README.md"))  # PEFT's model card: not a fixture
     from safetensors import safe_open
     exp = {}
     with safe_open(os.path.join(d, "adapter_model.safetensors"), "pt") as f:
@@ -192,4 +194,7 @@ if __name__ == "__main__":
     schedules_fixture()
     masking_fixture()
     peft_fixture()
+    for dirpath, _, files in os.walk(OUT):
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o644)  # safetensors writes 0600
     print("wrote", sorted(os.listdir(OUT)))

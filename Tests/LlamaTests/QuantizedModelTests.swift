@@ -103,8 +103,13 @@ private final class PreQuantizedSource: QuantizedTensorSource {
         #expect(r.linearFloat32.parameters == 0)
         #expect(r.totalParameters == dense.memoryReport.totalParameters)
         #expect(r.totalParameters == dense.storage.count)
-        // 4 bits + 8-bit absmax per 64 + float32 per 256 blocks + the offset per tensor.
-        #expect(abs(r.linear4Bit.bitsPerParameter - 4.127) < 0.01)
+        // 4 bits + an 8-bit absmax per 64 + a float32 per 256 blocks = 4.127, plus a float32 offset and a
+        // partly filled nested block per tensor, which on these tiny [64..96, 64..96] tensors gives 4.138.
+        let expectedBits = Double(8 * q.layers.reduce(0) { s, l in
+            s + l.linearWeights.reduce(0) { $0 + QuantizationPolicy.nf4.linearBytes(rows: $1.rows, cols: $1.cols) }
+        }) / Double(r.linear4Bit.parameters)
+        #expect(r.linear4Bit.bitsPerParameter == expectedBits)
+        #expect(r.linear4Bit.bitsPerParameter > 4.127 && r.linear4Bit.bitsPerParameter < 4.15)
         let estimate = BaseMemoryReport.estimate(config: config, separateLMHead: true, policy: .nf4)
         #expect(estimate == r)
     }

@@ -69,7 +69,7 @@ import _TestSupport
         let obj = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
         let keys = text.split(separator: "\n").filter { $0.hasPrefix("  \"") }.map { String($0.dropFirst(3).prefix { $0 != "\"" }) }
         #expect(keys == keys.sorted() && keys.count == obj.count)
-        #expect(obj["swift_qlora"] == nil && obj.count == 20)
+        #expect(obj["swift_qlora"] == nil && obj.count == 19)
         // No temporary files left behind.
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).sorted() == ["adapter_config.json", "adapter_model.safetensors"])
     }

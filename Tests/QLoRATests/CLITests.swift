@@ -58,7 +58,7 @@ func jsonObject(_ text: String) throws -> [String: Any] {
 
     @Test func greedyGenerationMatchesTransformers() throws {
         for e in try expectations() {
-            var args = ["generate", "--model", Fixtures.smolLM2GGUF, "--max-tokens", "\(e.greedy.count)", "--ignore-eos", "--json"]
+            var args = ["generate", "--model", Fixtures.smolLM2GGUF, "--quantize", "none", "--max-tokens", "\(e.greedy.count)", "--ignore-eos", "--json"]
             if e.kind == "chat" {
                 let m = messages(of: e.text)
                 args += ["--chat", "--prompt", m.user] + (m.system.map { ["--system", $0] } ?? [])
@@ -76,13 +76,13 @@ func jsonObject(_ text: String) throws -> [String: Any] {
     }
 
     @Test func stopsAtEndOfTurnAndAtStopStrings() throws {
-        let chat = try jsonObject(runQLoRA(["generate", "--model", Fixtures.smolLM2GGUF, "--chat", "--json",
+        let chat = try jsonObject(runQLoRA(["generate", "--model", Fixtures.smolLM2GGUF, "--quantize", "none", "--chat", "--json",
                                             "--prompt", "What is the capital of France?"]).stdout)
         #expect(chat["stop_reason"] as? String == "eos")
         #expect(chat["text"] as? String == "The capital of France is Paris.")
         #expect((chat["tokens"] as? [Int])?.last == 2)   // <|im_end|> closes the answer
 
-        let raw = try jsonObject(runQLoRA(["generate", "--model", Fixtures.smolLM2GGUF, "--json", "--max-tokens", "20",
+        let raw = try jsonObject(runQLoRA(["generate", "--model", Fixtures.smolLM2GGUF, "--quantize", "none", "--json", "--max-tokens", "20",
                                            "--prompt", "The quick brown fox jumps over the lazy dog. Then the dog",
                                            "--stop", "\n"]).stdout)
         #expect(raw["stop_reason"] as? String == "stop")

@@ -3,7 +3,8 @@ import Foundation
 /// Token-level perplexity of a causal model with sliding windows (transformers' "perplexity of
 /// fixed-length models"): windows of `contextLength` tokens starting every `stride` tokens; each
 /// window scores only the tokens no earlier window scored, with everything before them in the window
-/// as context. Over the whole text every token but the first is scored exactly once.
+/// as context (never a window's own first token). With stride < contextLength every token but the
+/// first is scored exactly once; with stride == contextLength each window's first token is not scored.
 public struct PerplexityResult: Sendable, Equatable {
     /// exp(meanNLL).
     public var perplexity: Double
