@@ -21,6 +21,15 @@ public enum BLAS {
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
+    /// Double-precision C = alpha · op(A) · op(B) + beta · C (used by the gradient checks).
+    @inline(__always)
+    public static func dgemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
+                             alpha: Double = 1, a: UnsafePointer<Double>, lda: Int, b: UnsafePointer<Double>, ldb: Int,
+                             beta: Double = 0, c: UnsafeMutablePointer<Double>, ldc: Int) {
+        cblas_dgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                    Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+
     /// y[M] = alpha · op(A) · x + beta · y, with A stored [M,N] row-major (op = transpose if `trans`).
     @inline(__always)
     public static func sgemv(trans: Bool = false, m: Int, n: Int, alpha: Float = 1,

@@ -1,8 +1,3 @@
-#if canImport(Accelerate)
-import Accelerate
-#else
-import CBLAS
-#endif
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -58,12 +53,12 @@ extension Float: KernelScalar {
 }
 
 extension Double: KernelScalar {
-    // Double GEMM exists only for the gradient checks (BLAS.swift holds the production Float calls).
+    // Double GEMM exists only for the gradient checks (through BLAS.dgemm).
     static func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Double,
                      a: UnsafePointer<Double>, lda: Int, b: UnsafePointer<Double>, ldb: Int,
                      beta: Double, c: UnsafeMutablePointer<Double>, ldc: Int) {
-        cblas_dgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                    Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+        BLAS.dgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                   beta: beta, c: c, ldc: ldc)
     }
     static func softmaxRow(_ x: UnsafeMutablePointer<Double>, _ n: Int) {
         var m = x[0]
@@ -267,7 +262,7 @@ public func attentionBackwardScratchCount(tokens T: Int, heads: Int, kvHeads: In
 /// - out: [T, heads·D] (overwritten); q: [T, heads·D]; k, v: [T, kvHeads·D] (q and k already rotated)
 /// - segmentStart: optional [T]; token t attends to s with segmentStart[t] ≤ s ≤ t (document mask for
 ///   packed examples; segmentStart[t] ≤ t). nil = plain causal (segmentStart[t] = 0).
-/// - scratch: `attentionTrainForwardScratchCount` floats.
+/// - scratch: `attentionTrainForwardScratchCount` floats, computed with the same `threads`.
 ///
 /// Scale 1/√D, softmax in float32, query head h reads kv head h / (heads/kvHeads). Nothing beyond
 /// q, k, v (and `out`, which backward does not need) has to be kept: `attentionBackward` recomputes
@@ -327,7 +322,7 @@ func attentionTrainForwardImpl<S: KernelScalar>(out: UnsafeMutablePointer<S>, q:
 /// dQ_h += scale·dS·k_j,  dK_j += scale·dSᵀ·q_h,  dV_j += Pᵀ·dOut_h (summed over the g query heads of
 /// kv head j). dQ is [T, heads·D]; dK, dV are [T, kvHeads·D]; all three accumulate (`+=`).
 /// dQ and dK are gradients of the ROTATED q, k: follow with `ropeBackward`.
-/// scratch: `attentionBackwardScratchCount` floats.
+/// scratch: `attentionBackwardScratchCount` floats, computed with the same `threads`.
 public func attentionBackward(dQ: UnsafeMutablePointer<Float>, dK: UnsafeMutablePointer<Float>,
                               dV: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Float>,
                               q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
