@@ -92,7 +92,8 @@ private func directNLL(_ model: LlamaModel, tokens: [Int], n: Int, stride: Int) 
     }
 
     /// SmolLM2, first 256 tokens of data/heldout.txt in one window: NF4+DQ vs float32 (the GGUF dequantized).
-    /// Measured: top-1 agreement 0.86, mean KL 0.05 nats (see README); a broken kernel gives ~0 / > 5.
+    /// Measured over the whole file (N = 512, S = 512, `qlora perplexity --reference-quantize none`): top-1
+    /// agreement 0.708, mean KL 0.248 nats. The bounds are loose: a broken kernel gives ~0 agreement / KL > 5.
     @Test func smolLM2NF4AgreesWithFloat32() throws {
         let path = Fixtures.smolLM2GGUF
         try #require(FileManager.default.fileExists(atPath: path), "missing \(path): run scripts/fetch_model.sh")
