@@ -16,10 +16,14 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Stop when this text appears (repeatable); the text is cut before it.") var stop: [String] = []
     @Flag(help: "Do not stop at end-of-sequence tokens or stop strings: generate exactly --max-tokens.") var ignoreEos = false
     @Flag(help: "Print one JSON object instead of streaming text.") var json = false
+    @Option(help: "With --json: for each generated token, the K most likely ids and their log-probabilities.")
+    var topLogprobs: Int = 0
 
     func validate() throws {
         guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1 (got \(maxTokens))") }
         if system != nil && !chat { throw ValidationError("--system needs --chat") }
+        guard topLogprobs >= 0 else { throw ValidationError("--top-logprobs must be ≥ 0 (got \(topLogprobs))") }
+        if topLogprobs > 0 && !json { throw ValidationError("--top-logprobs needs --json") }
     }
 
     func run() throws {
@@ -38,11 +42,12 @@ struct GenerateCommand: ParsableCommand {
         options.sampling = sampling.parameters
         options.stopStrings = stop
         options.ignoreEOS = ignoreEos
+        options.topLogprobs = topLogprobs
         let result = try Generator.generate(model: bundle.model, tokenizer: bundle.tokenizer.tokenizer,
                                             promptTokens: promptIds, options: options,
                                             onText: json ? { _ in } : { writeOut($0) })
         if json {
-            let object: [String: Any] = [
+            var object: [String: Any] = [
                 "prompt_tokens": result.promptTokens,
                 "tokens": result.tokens,
                 "text": result.text,
@@ -50,6 +55,11 @@ struct GenerateCommand: ParsableCommand {
                 "prefill_tokens_per_second": result.prefillTokensPerSecond,
                 "decode_tokens_per_second": result.decodeTokensPerSecond,
             ]
+            if topLogprobs > 0 {
+                object["top_logprobs"] = result.topLogprobs.map { step in
+                    step.map { ["id": $0.id, "logprob": Double($0.logprob)] as [String: Any] }
+                }
+            }
             print(jsonString(object))
         } else {
             writeOut("\n")

@@ -89,6 +89,24 @@ func jsonObject(_ text: String) throws -> [String: Any] {
         #expect(raw["text"] as? String == " ran away.")   // greedy ids 7674, 2025, 30 then "\n"
     }
 
+    @Test func topLogprobsListTheLikeliestTokensOfEachStep() throws {
+        let e = try #require(expectations().first { $0.kind == "raw" })
+        let r = try runQLoRA(["generate", "--model", Fixtures.smolLM2GGUF, "--quantize", "none", "--prompt", e.text,
+                              "--max-tokens", "3", "--ignore-eos", "--json", "--top-logprobs", "5"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let json = try jsonObject(r.stdout)
+        let steps = try #require(json["top_logprobs"] as? [[[String: Any]]])
+        #expect(steps.count == 3)
+        for (i, step) in steps.enumerated() {
+            let ids = step.compactMap { $0["id"] as? Int }
+            let logprobs = step.compactMap { $0["logprob"] as? Double }
+            #expect(ids.count == 5 && logprobs.count == 5)
+            #expect(ids.first == e.greedy[i])                       // greedy picks the most likely token
+            #expect(logprobs == logprobs.sorted(by: >) && logprobs.allSatisfy { $0 <= 0 })
+            #expect(logprobs.map(exp).reduce(0, +) <= 1.0001)
+        }
+    }
+
     @Test func tokenizeRoundTrips() throws {
         let text = "Héllo 123 <|im_start|>user\n  🦙 world"
         let r = try runQLoRA(["tokenize", "--model", Fixtures.smolLM2GGUF, "--text", text])
