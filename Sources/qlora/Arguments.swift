@@ -75,3 +75,23 @@ func jsonString(_ object: Any) -> String {
     let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
     return String(decoding: data, as: UTF8.self)
 }
+
+/// A LoRA adapter to apply on top of the base (generate, chat, perplexity).
+struct AdapterArguments: ParsableArguments {
+    @Option(help: "A PEFT LoRA adapter folder (adapter_model.safetensors + adapter_config.json), merged into the base.")
+    var adapter: String?
+
+    /// Loads the model and merges the adapter. Adapters are merged into float32 weights, so the
+    /// base is then loaded with --quantize none.
+    func load(_ modelArguments: ModelArguments, defaultContextLength: Int? = nil) throws -> ModelBundle {
+        guard let adapter else { return try modelArguments.load(defaultContextLength: defaultContextLength) }
+        var base = modelArguments
+        if base.quantize != .none {
+            printError("note: --adapter is merged into float32 base weights; loading the base with --quantize none")
+            base.quantize = .none
+        }
+        let bundle = try base.load(defaultContextLength: defaultContextLength)
+        try bundle.mergeAdapter(directory: adapter)
+        return bundle
+    }
+}

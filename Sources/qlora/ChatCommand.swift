@@ -9,12 +9,13 @@ struct ChatCommand: ParsableCommand {
         discussion: "Type a message and press Enter. /reset starts a new conversation; /exit or end of input quits.")
 
     @OptionGroup var modelArguments: ModelArguments
+    @OptionGroup var adapterArguments: AdapterArguments
     @Option(help: "A system message for the conversation.") var system: String?
     @Option(help: "Most tokens per answer.") var maxTokens: Int = 512
     @OptionGroup var sampling: SamplingArguments
 
     func run() throws {
-        let bundle = try modelArguments.load()
+        let bundle = try adapterArguments.load(modelArguments)
         let interactive = isatty(STDIN_FILENO) != 0
         var messages: [ChatMessage] = []
         func resetConversation() {

@@ -7,6 +7,7 @@ struct GenerateCommand: ParsableCommand {
         commandName: "generate", abstract: "Generate text from a prompt, streaming tokens as they come.")
 
     @OptionGroup var modelArguments: ModelArguments
+    @OptionGroup var adapterArguments: AdapterArguments
     @Option(help: "The prompt text.") var prompt: String
     @Flag(help: "Wrap the prompt as one user message in the model's chat template, with the generation prompt.")
     var chat = false
@@ -27,7 +28,7 @@ struct GenerateCommand: ParsableCommand {
     }
 
     func run() throws {
-        let bundle = try modelArguments.load()
+        let bundle = try adapterArguments.load(modelArguments)
         let promptIds: [Int]
         if chat {
             var messages: [ChatMessage] = []

@@ -8,6 +8,7 @@ struct PerplexityCommand: ParsableCommand {
         abstract: "Token-level perplexity over a UTF-8 text file, with sliding windows of --context-length tokens.")
 
     @OptionGroup var modelArguments: ModelArguments
+    @OptionGroup var adapterArguments: AdapterArguments
     @Option(help: "A UTF-8 text file.") var data: String
     @Option(help: "Tokens between window starts (default: half of --context-length).") var stride: Int?
     @Option(help: "Also load the model with this --quantize value as a reference and report top-1 agreement and KL(reference ‖ model).")
@@ -23,7 +24,7 @@ struct PerplexityCommand: ParsableCommand {
 
     func run() throws {
         let loadStart = Date()
-        let bundle = try modelArguments.load(defaultContextLength: 512)
+        let bundle = try adapterArguments.load(modelArguments, defaultContextLength: 512)
         let loadSeconds = Date().timeIntervalSince(loadStart)
         let n = bundle.model.maxContext
         let s = stride ?? max(1, n / 2)
