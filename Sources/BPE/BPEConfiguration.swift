@@ -38,6 +38,17 @@ public struct BPEMerge: Sendable, Equatable {
         self.left = left
         self.right = right
     }
+
+    /// Parses a GGUF / tokenizer.json merge line "left right". Splits at the first space after
+    /// position 0, as llama.cpp does (a token may itself start with a space). Nil when there is none.
+    public init?(mergeLine line: String) {
+        let u = Array(line.unicodeScalars)
+        guard let sp = u.indices.dropFirst().first(where: { u[$0] == " " }) else { return nil }
+        var l = String.UnicodeScalarView(), r = String.UnicodeScalarView()
+        l.append(contentsOf: u[..<sp])
+        r.append(contentsOf: u[(sp + 1)...])
+        self.init(String(l), String(r))
+    }
 }
 
 /// Everything a `BPETokenizer` is built from, as plain arrays (file formats are read elsewhere).

@@ -7,15 +7,10 @@ import _TestSupport
 @testable import QLoRA
 
 @Suite struct AdapterMergeTests {
-    func tinyFolder() throws -> String {
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("qlora-adapter-merge-\(getpid())")
-        try? FileManager.default.removeItem(at: folder)
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        for (dir, name) in [("llama/tiny-llama-untied", "config.json"), ("llama/tiny-llama-untied", "model.safetensors"),
-                            ("tokenizer/tiny-spm", "tokenizer.json"), ("tokenizer/tiny-spm", "tokenizer_config.json")] {
-            try FileManager.default.createSymbolicLink(atPath: folder.appendingPathComponent(name).path,
-                                                       withDestinationPath: Fixtures.path("\(dir)/\(name)"))
-        }
+    /// `tag` keeps the tests, which run in parallel, out of each other's folders.
+    func tinyFolder(_ tag: String) throws -> String {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("qlora-adapter-merge-\(tag)-\(getpid())")
+        try Fixtures.linkTinyLlama2Model(at: folder)
         return folder.path
     }
 
@@ -40,7 +35,7 @@ import _TestSupport
     }
 
     @Test func mergedWeightsGiveTheLoRABranchLogits() throws {
-        let folder = try tinyFolder()
+        let folder = try tinyFolder("merge")
         let adapterDir = folder + "-adapter"
         defer { try? FileManager.default.removeItem(atPath: folder); try? FileManager.default.removeItem(atPath: adapterDir) }
         let base = try ModelBundle(path: folder, contextLength: 64, quantization: .none)
@@ -74,7 +69,7 @@ import _TestSupport
     }
 
     @Test func aFourBitBaseIsRefusedWithAClearMessage() throws {
-        let folder = try tinyFolder()
+        let folder = try tinyFolder("nf4")
         let adapterDir = folder + "-adapter4"
         defer { try? FileManager.default.removeItem(atPath: folder); try? FileManager.default.removeItem(atPath: adapterDir) }
         let bundle = try ModelBundle(path: folder, contextLength: 64, quantization: .nf4)

@@ -10,13 +10,7 @@ import _TestSupport
     /// The fixture model folder: tiny-llama-untied's weights with tiny-spm's tokenizer (symlinks).
     func assembleFolder() throws -> String {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("qlora-tiny-llama2-spm-\(getpid())")
-        try? FileManager.default.removeItem(at: folder)
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        for (dir, name) in [("llama/tiny-llama-untied", "config.json"), ("llama/tiny-llama-untied", "model.safetensors"),
-                            ("tokenizer/tiny-spm", "tokenizer.json"), ("tokenizer/tiny-spm", "tokenizer_config.json")] {
-            try FileManager.default.createSymbolicLink(atPath: folder.appendingPathComponent(name).path,
-                                                       withDestinationPath: Fixtures.path("\(dir)/\(name)"))
-        }
+        try Fixtures.linkTinyLlama2Model(at: folder)
         return folder.path
     }
 

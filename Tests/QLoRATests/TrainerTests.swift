@@ -26,13 +26,8 @@ import _TestSupport
         let root = fm.temporaryDirectory.appendingPathComponent("qlora-trainer-\(tag)-\(getpid())")
         try? fm.removeItem(at: root)
         let model = root.appendingPathComponent("model"), data = root.appendingPathComponent("data")
-        try fm.createDirectory(at: model, withIntermediateDirectories: true)
+        try Fixtures.linkTinyLlama2Model(at: model)
         try fm.createDirectory(at: data, withIntermediateDirectories: true)
-        for (dir, name) in [("llama/tiny-llama-untied", "config.json"), ("llama/tiny-llama-untied", "model.safetensors"),
-                            ("tokenizer/tiny-spm", "tokenizer.json"), ("tokenizer/tiny-spm", "tokenizer_config.json")] {
-            try fm.createSymbolicLink(atPath: model.appendingPathComponent(name).path,
-                                      withDestinationPath: Fixtures.path("\(dir)/\(name)"))
-        }
         try Self.jsonl(train).write(to: data.appendingPathComponent("train.jsonl"), atomically: true, encoding: .utf8)
         if !valid.isEmpty {
             try Self.jsonl(valid).write(to: data.appendingPathComponent("valid.jsonl"), atomically: true, encoding: .utf8)

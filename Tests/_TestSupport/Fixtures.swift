@@ -20,4 +20,17 @@ public enum Fixtures {
             ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/swift-qlora").path
         return cache + "/SmolLM2-135M-Instruct.Q4_1.gguf"
     }
+
+    /// Makes `folder` a model folder pairing the tiny random Llama-2-style model
+    /// (llama/tiny-llama-untied) with the real SentencePiece tokenizer (tokenizer/tiny-spm), by
+    /// symlinks. Replaces whatever was there.
+    public static func linkTinyLlama2Model(at folder: URL) throws {
+        let fm = FileManager.default
+        try? fm.removeItem(at: folder)
+        try fm.createDirectory(at: folder, withIntermediateDirectories: true)
+        for (dir, name) in [("llama/tiny-llama-untied", "config.json"), ("llama/tiny-llama-untied", "model.safetensors"),
+                            ("tokenizer/tiny-spm", "tokenizer.json"), ("tokenizer/tiny-spm", "tokenizer_config.json")] {
+            try fm.createSymbolicLink(atPath: folder.appendingPathComponent(name).path, withDestinationPath: path("\(dir)/\(name)"))
+        }
+    }
 }

@@ -75,14 +75,10 @@ public struct HuggingFaceTokenizerFiles {
         var merges: [[String]] = []
         merges.reserveCapacity(mergeLines.count)
         for (i, line) in mergeLines.enumerated() {
-            let u = Array(line.unicodeScalars)
-            guard let sp = u.indices.dropFirst().first(where: { u[$0] == " " }) else {
+            guard let merge = BPEMerge(mergeLine: line) else {
                 throw bad("tokenizer.ggml.merges[\(i)]", "\"\(line)\"", "\"left right\"")
             }
-            var l = String.UnicodeScalarView(), r = String.UnicodeScalarView()
-            l.append(contentsOf: u[..<sp])
-            r.append(contentsOf: u[(sp + 1)...])
-            merges.append([String(l), String(r)])
+            merges.append([merge.left, merge.right])
         }
         // GGUF token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
         var added: [[String: Any]] = []

@@ -70,15 +70,10 @@ extension TokenizerBundle {
             var merges: [BPEMerge] = []
             merges.reserveCapacity(lines.count)
             for (i, line) in lines.enumerated() {
-                // llama.cpp splits at the first space after position 0.
-                let u = Array(line.unicodeScalars)
-                guard let sp = u.indices.dropFirst().first(where: { u[$0] == " " }) else {
+                guard let merge = BPEMerge(mergeLine: line) else {
                     throw bad("tokenizer.ggml.merges[\(i)]", "\"\(line)\"", "\"left right\"")
                 }
-                var l = String.UnicodeScalarView(), r = String.UnicodeScalarView()
-                l.append(contentsOf: u[..<sp])
-                r.append(contentsOf: u[(sp + 1)...])
-                merges.append(BPEMerge(String(l), String(r)))
+                merges.append(merge)
             }
             let llama3Like = pre == .llama3
             config = BPEConfiguration(
