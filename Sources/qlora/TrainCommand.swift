@@ -56,13 +56,14 @@ struct TrainCommand: ParsableCommand {
         let trainer = try Trainer(bundle: bundle, data: splits, options: options, outputDirectory: output)
         let summary = try trainer.run { event in
             switch event {
-            case let .started(trainExamples, validExamples, parameters):
+            case let .started(trainExamples, validExamples, parameters, _, _):
                 print("training \(parameters) LoRA parameters on \(trainExamples) examples (\(validExamples) validation)")
             case let .step(m):
                 print(String(format: "step %d  loss %.4f  lr %.3g  grad_norm %.3f  tokens/s %.0f",
                              m.step, m.loss, m.learningRate, m.gradNorm, m.tokensPerSecond))
-            case let .validation(step, loss, tokens):
+            case let .validation(step, loss, tokens, _):
                 print(String(format: "step %d  valid_loss %.4f  (%d tokens)", step, loss, tokens))
+            case .checkpoint, .stopped: break
             case let .saved(directory):
                 print("wrote adapter to \(directory)")
             }

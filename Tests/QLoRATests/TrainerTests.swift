@@ -59,7 +59,7 @@ import _TestSupport
         #expect(losses.count == 15)
         let lastThree = losses.suffix(3).reduce(0, +) / 3
         #expect(lastThree < losses[0] - 0.5, "losses \(losses)")
-        let valids = events.compactMap { if case let .validation(_, l, _) = $0 { return l } else { return nil } }
+        let valids = events.compactMap { if case let .validation(_, l, _, _) = $0 { return l } else { return nil } }
         #expect(valids.count == 3)
         #expect(valids.last! < valids.first!, "valid losses \(valids)")
         #expect(summary.firstLoss == losses[0] && summary.finalLoss == losses[14] && summary.finalValidLoss == valids.last)

@@ -11,6 +11,8 @@ public struct TrainerOptions: Sendable, Equatable {
 
     /// Optimizer steps.
     public var steps: Int = 100
+    /// When set, overrides `steps`: ⌈epochs × micro-batches per epoch / gradAccum⌉ optimizer steps.
+    public var epochs: Double? = nil
     /// Rows per micro-batch.
     public var batchSize: Int = 1
     /// Micro-batches per optimizer step.
@@ -28,6 +30,14 @@ public struct TrainerOptions: Sendable, Equatable {
     public var evalEvery: Int = 0
     public var lrSchedule: LRSchedule.Kind = .constant
     public var warmupSteps: Int = 0
+    /// When set, overrides `warmupSteps`: ⌈ratio × total steps⌉.
+    public var warmupRatio: Double? = nil
+    /// Write a full checkpoint (adapter, optimizer, schedule, RNG, data cursor) every N steps; 0: only at the end.
+    public var saveEvery: Int = 0
+    /// Checkpoints kept (oldest deleted first; the best one is kept apart in DIR/best).
+    public var saveTotalLimit: Int = 2
+    /// Stop after this many validations without a better validation loss; 0: off.
+    public var earlyStoppingPatience: Int = 0
     public var optimizer: Optimizer = .adamw
     public var weightDecay: Double = 0
     /// nil disables clipping.
@@ -96,10 +106,21 @@ public struct TrainerStepMetrics: Equatable, Sendable {
 }
 
 public enum TrainerEvent: Equatable, Sendable {
-    case started(trainExamples: Int, validExamples: Int, trainableParameters: Int)
+    /// `firstStep` > 1 when resuming.
+    case started(trainExamples: Int, validExamples: Int, trainableParameters: Int, firstStep: Int, totalSteps: Int)
     case step(TrainerStepMetrics)
-    case validation(step: Int, loss: Double, tokens: Int)
+    case validation(step: Int, loss: Double, tokens: Int, isBest: Bool)
+    case checkpoint(step: Int, directory: String)
+    /// Training ended before `totalSteps`.
+    case stopped(step: Int, reason: StopReason)
     case saved(directory: String)
+
+    public enum StopReason: Equatable, Sendable {
+        /// `shouldStop` returned true (Ctrl-C in the CLI).
+        case interrupted
+        /// `earlyStoppingPatience` validations without improvement.
+        case earlyStopping(bestStep: Int, bestLoss: Double)
+    }
 }
 
 public struct TrainerSummary: Equatable, Sendable {
@@ -210,7 +231,7 @@ public final class Trainer {
         }
 
         progress(.started(trainExamples: train.count, validExamples: valid.count,
-                          trainableParameters: model.trainableParameterCount))
+                          trainableParameters: model.trainableParameterCount, firstStep: 1, totalSteps: options.steps))
         var stream = try BatchStream(examples: train,
                                      options: batching(batchSize: options.batchSize, mode: options.pack ? .pack : .groupByLength))
         var optimizerConfig = AdamWConfig(weightDecay: options.weightDecay, maxGradNorm: options.maxGradNorm)
@@ -264,7 +285,7 @@ public final class Trainer {
                     lastValid = v.loss
                     try log(["step": step, "split": "valid", "loss": v.loss, "learning_rate": lr,
                              "tokens_per_second": evalTPS])
-                    progress(.validation(step: step, loss: v.loss, tokens: v.tokens))
+                    progress(.validation(step: step, loss: v.loss, tokens: v.tokens, isBest: false))
                 }
             }
         }
