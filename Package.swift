@@ -40,7 +40,7 @@ let package = Package(
 
         // MARK: - Public API: the command-line tool
         .executableTarget(name: "qlora",
-                          dependencies: ["QLoRA", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          dependencies: ["QLoRA", "Llama", .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: [v5]),
         .executableTarget(name: "nf4-bench", dependencies: ["Quantization", "Kernels"], path: "Benchmarks/nf4-bench", swiftSettings: fast + [v5]),
 

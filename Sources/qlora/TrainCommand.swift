@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Llama
 import QLoRA
 
 extension LRSchedule.Kind: ExpressibleByArgument {}
@@ -31,6 +32,27 @@ struct TrainCommand: ParsableCommand {
     @Flag(help: "Pack examples into full rows of --max-seq-len tokens.") var pack = false
     @Flag(help: "Also train on prompt / user / system tokens.") var trainOnPrompt = false
     @Flag(help: "Keep every layer's activations (faster, more memory).") var noGradCheckpoint = false
+    @Option(help: "Comma-separated modules to adapt, in Hugging Face spelling (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj), or all-linear.")
+    var targetModules: String = "all-linear"
+    @Flag(help: "Rank-stabilized LoRA: scale alpha / sqrt(r) instead of alpha / r.") var rslora = false
+    @Option(help: "Decoupled AdamW weight decay.") var weightDecay: Double = 0
+    @Flag(help: "Drop examples longer than --max-seq-len instead of truncating them.") var dropLongExamples = false
+    @Flag(help: "Skip malformed JSONL lines (counted) instead of stopping at the first.") var skipBadLines = false
+
+    /// --target-modules parsed; throws naming the unknown module.
+    static func parseTargets(_ text: String) throws -> [LoRATarget] {
+        let names = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        if names == ["all-linear"] || names == ["all"] { return LoRATarget.allCases }
+        var targets: [LoRATarget] = []
+        for name in names {
+            guard let t = LoRATarget(rawValue: name) ?? LoRATarget(rawValue: name + "_proj") else {
+                throw ValidationError("--target-modules: unknown module '\(name)' (expected some of \(LoRATarget.allCases.map(\.rawValue).joined(separator: ",")) or all-linear)")
+            }
+            if !targets.contains(t) { targets.append(t) }
+        }
+        guard !targets.isEmpty else { throw ValidationError("--target-modules is empty") }
+        return LoRATarget.allCases.filter(targets.contains)
+    }
 
     var trainerOptions: TrainerOptions {
         var o = TrainerOptions()
@@ -39,10 +61,14 @@ struct TrainCommand: ParsableCommand {
         o.seed = seed; o.evalEvery = evalEvery; o.lrSchedule = lrSchedule; o.warmupSteps = warmupSteps
         o.optimizer = optimizer; o.maxGradNorm = maxGradNorm > 0 ? maxGradNorm : nil
         o.pack = pack; o.trainOnPrompt = trainOnPrompt; o.gradientCheckpointing = !noGradCheckpoint
+        o.targets = (try? TrainCommand.parseTargets(targetModules)) ?? LoRATarget.allCases
+        o.useRSLoRA = rslora; o.weightDecay = weightDecay
+        o.dropLongExamples = dropLongExamples; o.skipBadLines = skipBadLines
         return o
     }
 
     func validate() throws {
+        _ = try TrainCommand.parseTargets(targetModules)
         do { try trainerOptions.validate() } catch let e as TrainerError { throw ValidationError(e.description) }
         if maxGradNorm < 0 { throw ValidationError("--max-grad-norm must be ≥ 0 (got \(maxGradNorm))") }
     }

@@ -45,6 +45,10 @@ public struct TrainerOptions: Sendable, Equatable {
     /// Pack examples into rows of exactly `maxSeqLen` tokens instead of length-grouped padded rows.
     public var pack: Bool = false
     public var trainOnPrompt: Bool = false
+    /// Examples longer than `maxSeqLen`: truncated (default) or dropped; counted either way.
+    public var dropLongExamples: Bool = false
+    /// Skip (and count) malformed JSONL lines instead of failing on the first.
+    public var skipBadLines: Bool = false
     public var gradientCheckpointing: Bool = true
 
     public init() {}
@@ -71,7 +75,8 @@ public struct TrainerOptions: Sendable, Equatable {
 
     /// How examples are tokenized for these options.
     public var dataOptions: TrainingDataOptions {
-        TrainingDataOptions(maxSeqLen: maxSeqLen, longExamples: .truncate, trainOnPrompt: trainOnPrompt)
+        TrainingDataOptions(maxSeqLen: maxSeqLen, longExamples: dropLongExamples ? .drop : .truncate,
+                            trainOnPrompt: trainOnPrompt, skipBadLines: skipBadLines)
     }
 }
 
@@ -211,8 +216,11 @@ public final class Trainer {
         return count > 0 ? (sum / Double(count), count) : nil
     }
 
-    /// Runs `options.steps` optimizer steps, then writes the adapter.
-    public func run(progress: (TrainerEvent) -> Void = { _ in }) throws -> TrainerSummary {
+    /// Runs `options.steps` optimizer steps, then writes the adapter. `resumeFrom` (an output folder
+    /// or one of its checkpoint folders) continues a run bit-identically; `shouldStop` is polled
+    /// between steps (Ctrl-C): when it returns true the trainer saves a checkpoint and returns.
+    public func run(resumeFrom: String? = nil, progress: (TrainerEvent) -> Void = { _ in },
+                    shouldStop: () -> Bool = { false }) throws -> TrainerSummary {
         let start = Date()
         let fm = FileManager.default
         do { try fm.createDirectory(atPath: outputDirectory, withIntermediateDirectories: true) } catch {
