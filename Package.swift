@@ -19,6 +19,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
         // MARK: - Implementation details
@@ -40,9 +41,11 @@ let package = Package(
 
         // MARK: - Public API: the command-line tool
         .executableTarget(name: "qlora",
-                          dependencies: ["QLoRA", "Llama", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          dependencies: ["QLoRA", "Llama", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                         .product(name: "Yams", package: "Yams")],
                           swiftSettings: [v5]),
         .executableTarget(name: "nf4-bench", dependencies: ["Quantization", "Kernels"], path: "Benchmarks/nf4-bench", swiftSettings: fast + [v5]),
+        .executableTarget(name: "train-step", dependencies: ["Llama", "ModelFormats", "Kernels", "Quantization"], path: "Benchmarks/train-step", swiftSettings: fast + [v5]),
 
         // MARK: - Tests
         .target(name: "_TestSupport", path: "Tests/_TestSupport", swiftSettings: [v5]),

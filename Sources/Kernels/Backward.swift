@@ -257,39 +257,75 @@ public func attentionBackwardScratchCount(tokens T: Int, heads: Int, kvHeads: In
     return workers * (2 * T * T + (workers > 1 ? 2 * T * kvHeads * D : 0))
 }
 
-/// Causal grouped-query self-attention over T tokens at positions 0 ..< T (training; no KV cache).
+/// Query rows per causal block of the training attention: block i of queries [t0, t1) only reads
+/// keys [min segment start, t1), so about (1 + 1/blocks)/2 of the T×T scores are computed.
+let attentionBlockRows = 64
+
+/// Causal grouped-query self-attention over T tokens at positions 0 ..< T (training; no KV cache),
+/// for `batch` independent rows laid out one after the other.
 ///
-/// - out: [T, heads·D] (overwritten); q: [T, heads·D]; k, v: [T, kvHeads·D] (q and k already rotated)
-/// - segmentStart: optional [T]; token t attends to s with segmentStart[t] ≤ s ≤ t (document mask for
-///   packed examples; segmentStart[t] ≤ t). nil = plain causal (segmentStart[t] = 0).
+/// - out: [batch, T, heads·D] (overwritten); q: [batch, T, heads·D]; k, v: [batch, T, kvHeads·D]
+///   (q and k already rotated)
+/// - segmentStart: optional [batch, T]; token t attends to s with segmentStart[t] ≤ s ≤ t (document
+///   mask for packed examples; segmentStart[t] ≤ t). nil = plain causal (segmentStart[t] = 0).
 /// - scratch: `attentionTrainForwardScratchCount` floats, computed with the same `threads`.
 ///
 /// Scale 1/√D, softmax in float32, query head h reads kv head h / (heads/kvHeads). Nothing beyond
 /// q, k, v (and `out`, which backward does not need) has to be kept: `attentionBackward` recomputes
-/// the probabilities. Heads run in parallel over `threads` workers with single-threaded BLAS.
+/// the probabilities. The (row, head) pairs run in parallel over `threads` workers with
+/// single-threaded BLAS; each head is computed in causal blocks of query rows (no work above the diagonal).
 public func attentionTrainForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
                                   k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                   segmentStart: UnsafePointer<Int>?, scratch: UnsafeMutablePointer<Float>,
-                                  tokens T: Int, heads: Int, kvHeads: Int, headDim D: Int,
+                                  tokens T: Int, heads: Int, kvHeads: Int, headDim D: Int, batch: Int = 1,
                                   threads: Int = coreCount) {
     BLAS.setThreads(1)
     attentionTrainForwardImpl(out: out, q: q, k: k, v: v, segmentStart: segmentStart, scratch: scratch,
-                              tokens: T, heads: heads, kvHeads: kvHeads, headDim: D, threads: threads)
+                              tokens: T, heads: heads, kvHeads: kvHeads, headDim: D, batch: batch, threads: threads)
 }
 
-/// P[T, T] = masked softmax(scale · q_h · k_jᵀ) for one head; zeros outside [segmentStart[t], t].
+/// First key any query of [t0, t1) may see: min over the block of its segment start (0 without segments).
+@inline(__always)
+func attentionBlockKeyStart(_ segmentStart: UnsafePointer<Int>?, _ t0: Int, _ t1: Int) -> Int {
+    guard let s = segmentStart else { return 0 }
+    var lo = t1
+    for t in t0..<t1 { lo = min(lo, min(max(0, s[t]), t)) }
+    return lo
+}
+
+/// P[t0 ..< t1, k0 ..< t1] (rows `T` apart, column = key index) = masked softmax(scale · q_h · k_jᵀ)
+/// for one causal block of query rows; zeros at masked keys inside [k0, t1).
 @inline(__always)
 func attentionProbabilities<S: KernelScalar>(_ p: UnsafeMutablePointer<S>, qh: UnsafePointer<S>, kh: UnsafePointer<S>,
-                                             segmentStart: UnsafePointer<Int>?, tokens T: Int, headDim D: Int,
+                                             segmentStart: UnsafePointer<Int>?, rows t0: Int, _ t1: Int,
+                                             keyStart k0: Int, tokens T: Int, headDim D: Int,
                                              qDim: Int, kvDim: Int, scale: S) {
-    S.gemm(transA: false, transB: true, m: T, n: T, k: D, alpha: scale, a: qh, lda: qDim, b: kh, ldb: kvDim,
-           beta: 0, c: p, ldc: T)
-    for t in 0..<T {
+    S.gemm(transA: false, transB: true, m: t1 - t0, n: t1 - k0, k: D, alpha: scale, a: qh + t0 * qDim, lda: qDim,
+           b: kh + k0 * kvDim, ldb: kvDim, beta: 0, c: p + t0 * T + k0, ldc: T)
+    for t in t0..<t1 {
         let row = p + t * T
         let lo = segmentStart.map { min(max(0, $0[t]), t) } ?? 0, hi = t + 1
-        if lo > 0 { row.update(repeating: 0, count: lo) }
+        if lo > k0 { (row + k0).update(repeating: 0, count: lo - k0) }
         S.softmaxRow(row + lo, hi - lo)
-        if hi < T { (row + hi).update(repeating: 0, count: T - hi) }
+        if hi < t1 { (row + hi).update(repeating: 0, count: t1 - hi) }
+    }
+}
+
+/// One (row, query head) of the training attention forward, in causal blocks of `block` query rows.
+@inline(__always)
+func attentionHeadForward<S: KernelScalar>(out oh: UnsafeMutablePointer<S>, qh: UnsafePointer<S>, kj: UnsafePointer<S>,
+                                           vj: UnsafePointer<S>, segmentStart: UnsafePointer<Int>?,
+                                           p: UnsafeMutablePointer<S>, tokens T: Int, headDim D: Int,
+                                           qDim: Int, kvDim: Int, scale: S, block: Int) {
+    var t0 = 0
+    while t0 < T {
+        let t1 = min(T, t0 + block)
+        let k0 = attentionBlockKeyStart(segmentStart, t0, t1)
+        attentionProbabilities(p, qh: qh, kh: kj, segmentStart: segmentStart, rows: t0, t1, keyStart: k0, tokens: T,
+                               headDim: D, qDim: qDim, kvDim: kvDim, scale: scale)
+        S.gemm(transA: false, transB: false, m: t1 - t0, n: D, k: t1 - k0, alpha: 1, a: p + t0 * T + k0, lda: T,
+               b: vj + k0 * kvDim, ldb: kvDim, beta: 0, c: oh + t0 * qDim, ldc: qDim)
+        t0 = t1
     }
 }
 
@@ -297,20 +333,21 @@ func attentionTrainForwardImpl<S: KernelScalar>(out: UnsafeMutablePointer<S>, q:
                                                 k: UnsafePointer<S>, v: UnsafePointer<S>,
                                                 segmentStart: UnsafePointer<Int>?, scratch: UnsafeMutablePointer<S>,
                                                 tokens T: Int, heads: Int, kvHeads: Int, headDim D: Int,
-                                                threads: Int) {
+                                                batch: Int = 1, threads: Int, block: Int = attentionBlockRows) {
     let qDim = heads * D, kvDim = kvHeads * D, group = heads / kvHeads
     let scale = 1 / S(D).squareRoot()
-    let workers = max(1, min(threads, heads))
-    parallelFor(workers) { w in
+    let workers = max(1, min(threads, heads))        // = the scratch count's worker count
+    let items = batch * heads
+    parallelFor(min(workers, items)) { w in
         let p = scratch + w * T * T
-        var h = w
-        while h < heads {
-            let j = h / group
-            attentionProbabilities(p, qh: q + h * D, kh: k + j * D, segmentStart: segmentStart, tokens: T,
-                                   headDim: D, qDim: qDim, kvDim: kvDim, scale: scale)
-            S.gemm(transA: false, transB: false, m: T, n: D, k: T, alpha: 1, a: p, lda: T, b: v + j * D,
-                   ldb: kvDim, beta: 0, c: out + h * D, ldc: qDim)
-            h += workers
+        var item = w
+        while item < items {
+            let b = item / heads, h = item % heads, j = h / group
+            attentionHeadForward(out: out + b * T * qDim + h * D, qh: q + b * T * qDim + h * D,
+                                 kj: k + b * T * kvDim + j * D, vj: v + b * T * kvDim + j * D,
+                                 segmentStart: segmentStart.map { $0 + b * T }, p: p, tokens: T, headDim: D,
+                                 qDim: qDim, kvDim: kvDim, scale: scale, block: block)
+            item += workers
         }
     }
 }
@@ -320,71 +357,118 @@ func attentionTrainForwardImpl<S: KernelScalar>(out: UnsafeMutablePointer<S>, q:
 ///
 /// With P = softmax(scale·q_h·k_jᵀ) (masked), dP = dOut_h·v_jᵀ, dS = P ⊙ (dP − rowsum(P ⊙ dP)):
 /// dQ_h += scale·dS·k_j,  dK_j += scale·dSᵀ·q_h,  dV_j += Pᵀ·dOut_h (summed over the g query heads of
-/// kv head j). dQ is [T, heads·D]; dK, dV are [T, kvHeads·D]; all three accumulate (`+=`).
+/// kv head j). dQ is [batch, T, heads·D]; dK, dV are [batch, T, kvHeads·D]; all three accumulate (`+=`).
 /// dQ and dK are gradients of the ROTATED q, k: follow with `ropeBackward`.
+/// Work is split over (row, kv head) pairs when they balance over the workers (each writes its own
+/// dK/dV rows), else per row over query heads with private dK/dV accumulators.
 /// scratch: `attentionBackwardScratchCount` floats, computed with the same `threads`.
 public func attentionBackward(dQ: UnsafeMutablePointer<Float>, dK: UnsafeMutablePointer<Float>,
                               dV: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Float>,
                               q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                               segmentStart: UnsafePointer<Int>?, scratch: UnsafeMutablePointer<Float>,
-                              tokens T: Int, heads: Int, kvHeads: Int, headDim D: Int, threads: Int = coreCount) {
+                              tokens T: Int, heads: Int, kvHeads: Int, headDim D: Int, batch: Int = 1,
+                              threads: Int = coreCount) {
     BLAS.setThreads(1)
     attentionBackwardImpl(dQ: dQ, dK: dK, dV: dV, dOut: dOut, q: q, k: k, v: v, segmentStart: segmentStart,
-                          scratch: scratch, tokens: T, heads: heads, kvHeads: kvHeads, headDim: D, threads: threads)
+                          scratch: scratch, tokens: T, heads: heads, kvHeads: kvHeads, headDim: D, batch: batch,
+                          threads: threads)
+}
+
+/// One query head's backward contribution, in causal blocks; p and dp are [T, T] scratch tiles.
+@inline(__always)
+func attentionHeadBackward<S: KernelScalar>(dQh: UnsafeMutablePointer<S>, dKj: UnsafeMutablePointer<S>,
+                                            dVj: UnsafeMutablePointer<S>, dOh: UnsafePointer<S>,
+                                            qh: UnsafePointer<S>, kj: UnsafePointer<S>, vj: UnsafePointer<S>,
+                                            segmentStart: UnsafePointer<Int>?, p: UnsafeMutablePointer<S>,
+                                            dp: UnsafeMutablePointer<S>, tokens T: Int, headDim D: Int,
+                                            qDim: Int, kvDim: Int, scale: S, block: Int) {
+    var t0 = 0
+    while t0 < T {
+        let t1 = min(T, t0 + block), m = t1 - t0
+        let k0 = attentionBlockKeyStart(segmentStart, t0, t1), n = t1 - k0
+        attentionProbabilities(p, qh: qh, kh: kj, segmentStart: segmentStart, rows: t0, t1, keyStart: k0, tokens: T,
+                               headDim: D, qDim: qDim, kvDim: kvDim, scale: scale)
+        let pb = p + t0 * T + k0, db = dp + t0 * T + k0
+        // dP = dO_h · v_jᵀ
+        S.gemm(transA: false, transB: true, m: m, n: n, k: D, alpha: 1, a: dOh + t0 * qDim, lda: qDim,
+               b: vj + k0 * kvDim, ldb: kvDim, beta: 0, c: db, ldc: T)
+        for t in t0..<t1 {
+            let pr = p + t * T, dr = dp + t * T
+            let lo = segmentStart.map { min(max(0, $0[t]), t) } ?? 0, hi = t + 1
+            var dot: S = 0
+            for s in lo..<hi { dot += pr[s] * dr[s] }
+            if lo > k0 { (dr + k0).update(repeating: 0, count: lo - k0) }
+            for s in lo..<hi { dr[s] = pr[s] * (dr[s] - dot) }
+            if hi < t1 { (dr + hi).update(repeating: 0, count: t1 - hi) }
+        }
+        // dQ_h += scale · dS · k_j
+        S.gemm(transA: false, transB: false, m: m, n: D, k: n, alpha: scale, a: db, lda: T, b: kj + k0 * kvDim,
+               ldb: kvDim, beta: 1, c: dQh + t0 * qDim, ldc: qDim)
+        // dK_j += scale · dSᵀ · q_h
+        S.gemm(transA: true, transB: false, m: n, n: D, k: m, alpha: scale, a: db, lda: T, b: qh + t0 * qDim,
+               ldb: qDim, beta: 1, c: dKj + k0 * kvDim, ldc: kvDim)
+        // dV_j += Pᵀ · dO_h
+        S.gemm(transA: true, transB: false, m: n, n: D, k: m, alpha: 1, a: pb, lda: T, b: dOh + t0 * qDim,
+               ldb: qDim, beta: 1, c: dVj + k0 * kvDim, ldc: kvDim)
+        t0 = t1
+    }
 }
 
 func attentionBackwardImpl<S: KernelScalar>(dQ: UnsafeMutablePointer<S>, dK: UnsafeMutablePointer<S>,
                                             dV: UnsafeMutablePointer<S>, dOut: UnsafePointer<S>,
                                             q: UnsafePointer<S>, k: UnsafePointer<S>, v: UnsafePointer<S>,
                                             segmentStart: UnsafePointer<Int>?, scratch: UnsafeMutablePointer<S>,
-                                            tokens T: Int, heads: Int, kvHeads: Int, headDim D: Int, threads: Int) {
+                                            tokens T: Int, heads: Int, kvHeads: Int, headDim D: Int,
+                                            batch: Int = 1, threads: Int, block: Int = attentionBlockRows) {
     let qDim = heads * D, kvDim = kvHeads * D, group = heads / kvHeads
     let scale = 1 / S(D).squareRoot()
     let workers = max(1, min(threads, heads))
     let perWorker = 2 * T * T + (workers > 1 ? 2 * T * kvDim : 0)
-    parallelFor(workers) { w in
-        let base = scratch + w * perWorker
-        let p = base, dp = base + T * T
-        // With one worker the shared dK/dV are written directly; otherwise into private accumulators.
-        let myDK = workers > 1 ? base + 2 * T * T : dK
-        let myDV = workers > 1 ? myDK + T * kvDim : dV
-        if workers > 1 { myDK.update(repeating: 0, count: 2 * T * kvDim) }
-        var h = w
-        while h < heads {
-            let j = h / group
-            let qh = q + h * D, kj = k + j * D, vj = v + j * D, dOh = dOut + h * D
-            attentionProbabilities(p, qh: qh, kh: kj, segmentStart: segmentStart, tokens: T, headDim: D,
-                                   qDim: qDim, kvDim: kvDim, scale: scale)
-            // dP = dO_h · v_jᵀ
-            S.gemm(transA: false, transB: true, m: T, n: T, k: D, alpha: 1, a: dOh, lda: qDim, b: vj, ldb: kvDim,
-                   beta: 0, c: dp, ldc: T)
-            for t in 0..<T {
-                let pr = p + t * T, dr = dp + t * T
-                let lo = segmentStart.map { min(max(0, $0[t]), t) } ?? 0, hi = t + 1
-                var dot: S = 0
-                for s in lo..<hi { dot += pr[s] * dr[s] }
-                if lo > 0 { dr.update(repeating: 0, count: lo) }
-                for s in lo..<hi { dr[s] = pr[s] * (dr[s] - dot) }
-                if hi < T { (dr + hi).update(repeating: 0, count: T - hi) }
+    // (row, kv head) items: every item owns its dK/dV rows, no private accumulators. Used when they
+    // balance over the workers.
+    let groupItems = batch * kvHeads
+    if workers == 1 || groupItems % workers == 0 || groupItems >= 4 * workers {
+        parallelFor(min(workers, groupItems)) { w in
+            let p = scratch + w * perWorker, dp = p + T * T
+            var item = w
+            while item < groupItems {
+                let b = item / kvHeads, j = item % kvHeads
+                let seg = segmentStart.map { $0 + b * T }
+                for h in (j * group)..<((j + 1) * group) {
+                    let qo = b * T * qDim + h * D, ko = b * T * kvDim + j * D
+                    attentionHeadBackward(dQh: dQ + qo, dKj: dK + ko, dVj: dV + ko, dOh: dOut + qo, qh: q + qo,
+                                          kj: k + ko, vj: v + ko, segmentStart: seg, p: p, dp: dp, tokens: T,
+                                          headDim: D, qDim: qDim, kvDim: kvDim, scale: scale, block: block)
+                }
+                item += workers
             }
-            // dQ_h += scale · dS · k_j
-            S.gemm(transA: false, transB: false, m: T, n: D, k: T, alpha: scale, a: dp, lda: T, b: kj, ldb: kvDim,
-                   beta: 1, c: dQ + h * D, ldc: qDim)
-            // dK_j += scale · dSᵀ · q_h
-            S.gemm(transA: true, transB: false, m: T, n: D, k: T, alpha: scale, a: dp, lda: T, b: qh, ldb: qDim,
-                   beta: 1, c: myDK + j * D, ldc: kvDim)
-            // dV_j += Pᵀ · dO_h
-            S.gemm(transA: true, transB: false, m: T, n: D, k: T, alpha: 1, a: p, lda: T, b: dOh, ldb: qDim,
-                   beta: 1, c: myDV + j * D, ldc: kvDim)
-            h += workers
         }
+        return
     }
-    if workers > 1 {
+    for b in 0..<batch {
+        let seg = segmentStart.map { $0 + b * T }
+        let qB = q + b * T * qDim, kB = k + b * T * kvDim, vB = v + b * T * kvDim, dOB = dOut + b * T * qDim
+        let dQB = dQ + b * T * qDim, dKB = dK + b * T * kvDim, dVB = dV + b * T * kvDim
+        parallelFor(workers) { w in
+            let base = scratch + w * perWorker
+            let p = base, dp = base + T * T
+            let myDK = base + 2 * T * T, myDV = myDK + T * kvDim
+            myDK.update(repeating: 0, count: 2 * T * kvDim)
+            var h = w
+            while h < heads {
+                let j = h / group
+                attentionHeadBackward(dQh: dQB + h * D, dKj: myDK + j * D, dVj: myDV + j * D, dOh: dOB + h * D,
+                                      qh: qB + h * D, kj: kB + j * D, vj: vB + j * D, segmentStart: seg, p: p, dp: dp,
+                                      tokens: T, headDim: D, qDim: qDim, kvDim: kvDim, scale: scale, block: block)
+                h += workers
+            }
+        }
         let n = T * kvDim
         for w in 0..<workers {
             let src = scratch + w * perWorker + 2 * T * T
-            for i in 0..<n { dK[i] += src[i] }
-            for i in 0..<n { dV[i] += src[n + i] }
+            for i in 0..<n { dKB[i] += src[i] }
+            for i in 0..<n { dVB[i] += src[n + i] }
         }
     }
 }
+

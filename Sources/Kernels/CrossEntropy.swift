@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import _CKernels
 
 // Token-level cross-entropy over materialized logits [T, V] (the fused logits-free variant is not
 // built yet). Targets equal to `ignoreIndex` (−100, Hugging Face's convention) contribute nothing.
@@ -113,4 +114,39 @@ func crossEntropyBackwardImpl<S: KernelScalar>(dLogits: UnsafeMutablePointer<S>,
             t += workers
         }
     }
+}
+
+/// Cross-entropy forward AND backward in one pass over each row, in place over the logits (the
+/// fused LM-head path of training): for a trained row t, losses[t] = logsumexp(logits[t]) −
+/// logits[t, y] and logits[t, :] becomes scale · (softmax − onehot(y)); an ignored row becomes 0 with
+/// loss 0. Returns the summed loss (Double) and the number of trained rows. Throws
+/// `CrossEntropyError` (before writing anything) for a target outside 0 ..< V other than ignoreIndex.
+/// Same result as `crossEntropyForward` then `crossEntropyBackward`, with 3 passes over a row instead of 5.
+public func crossEntropyForwardBackward(logits: UnsafeMutablePointer<Float>, losses: UnsafeMutablePointer<Float>,
+                                        targets: UnsafePointer<Int>, scale: Float, rows T: Int, vocab V: Int,
+                                        ignoreIndex: Int = -100, threads: Int = coreCount) throws -> (sum: Double, count: Int) {
+    var count = 0
+    for t in 0..<T {
+        let y = targets[t]
+        if y == ignoreIndex { continue }
+        guard y >= 0 && y < V else { throw CrossEntropyError(row: t, target: y, vocab: V) }
+        count += 1
+    }
+    let workers = max(1, min(threads, T))
+    parallelFor(workers) { w in
+        var t = w
+        while t < T {
+            let y = targets[t], row = logits + t * V
+            if y == ignoreIndex {
+                row.update(repeating: 0, count: V)
+                losses[t] = 0
+            } else {
+                losses[t] = Float(qlora_cross_entropy_row(row, Int64(V), Int64(y), scale))
+            }
+            t += workers
+        }
+    }
+    var sum = 0.0
+    for t in 0..<T where targets[t] != ignoreIndex { sum += Double(losses[t]) }
+    return (sum, count)
 }

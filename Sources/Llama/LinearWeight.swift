@@ -55,3 +55,78 @@ public enum LinearWeight {
         }
     }
 }
+
+/// A LoRA branch on one linear layer, applied unmerged at inference (QLoRA's way, PEFT semantics):
+/// out[T, out] += scale · (inp[T, in] · Aᵀ) · Bᵀ, with A [rank, in] and B [out, rank] as PEFT stores
+/// them. Owns a copy of A and of Bᵀ [rank, out] (so that both prefill and decode read contiguous rows).
+/// The base product (dense or 4-bit) is left to `LinearWeight.forward`; this only adds to it.
+public final class LinearLoRA {
+    public let rank: Int
+    public let inFeatures: Int
+    public let outFeatures: Int
+    public let scale: Float
+    let a: UnsafeMutablePointer<Float>     // [rank, in]
+    let bt: UnsafeMutablePointer<Float>    // [rank, out] = Bᵀ
+
+    /// `a` is A [rank, inFeatures] and `b` is B [outFeatures, rank], both row-major.
+    /// Throws `LlamaError.invalidInput` naming `name` when a count does not match the shape, or a
+    /// value or `scale` is not finite.
+    public init(a: [Float], b: [Float], rank: Int, inFeatures: Int, outFeatures: Int, scale: Float,
+                name: String = "lora") throws {
+        guard rank > 0, inFeatures > 0, outFeatures > 0 else {
+            throw LlamaError.invalidInput(field: "\(name) shape", value: "rank \(rank), in \(inFeatures), out \(outFeatures)",
+                                          expected: "positive sizes")
+        }
+        guard a.count == rank * inFeatures else {
+            throw LlamaError.invalidInput(field: "\(name).lora_A", value: "\(a.count) values",
+                                          expected: "\(rank)×\(inFeatures) = \(rank * inFeatures)")
+        }
+        guard b.count == outFeatures * rank else {
+            throw LlamaError.invalidInput(field: "\(name).lora_B", value: "\(b.count) values",
+                                          expected: "\(outFeatures)×\(rank) = \(outFeatures * rank)")
+        }
+        guard scale.isFinite else {
+            throw LlamaError.invalidInput(field: "\(name) scale", value: "\(scale)", expected: "a finite number")
+        }
+        if let i = a.firstIndex(where: { !$0.isFinite }) {
+            throw LlamaError.invalidInput(field: "\(name).lora_A[\(i / inFeatures), \(i % inFeatures)]", value: "\(a[i])",
+                                          expected: "a finite number")
+        }
+        if let i = b.firstIndex(where: { !$0.isFinite }) {
+            throw LlamaError.invalidInput(field: "\(name).lora_B[\(i / rank), \(i % rank)]", value: "\(b[i])",
+                                          expected: "a finite number")
+        }
+        self.rank = rank; self.inFeatures = inFeatures; self.outFeatures = outFeatures; self.scale = scale
+        self.a = .allocate(capacity: rank * inFeatures)
+        self.a.initialize(from: a, count: rank * inFeatures)
+        bt = .allocate(capacity: rank * outFeatures)
+        for o in 0..<outFeatures {
+            for r in 0..<rank { bt[r * outFeatures + o] = b[o * rank + r] }
+        }
+    }
+
+    deinit { a.deallocate(); bt.deallocate() }
+
+    /// Bytes held (A and B, float32).
+    public var bytes: Int { 4 * rank * (inFeatures + outFeatures) }
+
+    /// out[T, out] += scale · (inp · Aᵀ) · Bᵀ. `h` is scratch of at least T · rank floats.
+    /// T = 1: our GEMV for h, then `rank` scaled row additions of Bᵀ (single-threaded; the branch is
+    /// small next to the base GEMV). T > 1: two sgemm calls.
+    @inline(__always)
+    public func addForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, rows T: Int,
+                           h: UnsafeMutablePointer<Float>) {
+        let R = rank, C = inFeatures, OC = outFeatures
+        if T == 1 {
+            matmulForward(out: h, inp: inp, weight: a, bias: nil, rows: 1, inChannels: C, outChannels: R, threads: 1)
+            for r in 0..<R {
+                let s = scale * h[r], row = bt + r * OC
+                for o in 0..<OC { out[o] += s * row[o] }
+            }
+            return
+        }
+        BLAS.setThreads(coreCount)
+        BLAS.sgemm(transB: true, m: T, n: R, k: C, a: inp, b: a, c: h)
+        BLAS.sgemm(m: T, n: OC, k: R, alpha: scale, a: h, b: bt, beta: 1, c: out)
+    }
+}

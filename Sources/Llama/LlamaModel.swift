@@ -9,7 +9,9 @@ import Quantization
 /// prompt in chunks of at most `chunkSize` tokens with sgemm, and single tokens with GEMV split over
 /// the cores. 4-bit linear weights (`LinearWeight.quantized`) run prefill through `NF4Matmul.forward`
 /// (tiles dequantized into one reusable `NF4Workspace`, then sgemm) and decode through the fused
-/// 4-bit GEMV. Not thread-safe: one forward at a time.
+/// 4-bit GEMV. LoRA branches attached with `attachLoRA` are added unmerged to their projections'
+/// outputs (y = base(x) + scale·(x·Aᵀ)·Bᵀ), in prefill and decode alike and on top of the fused
+/// float32 q|k|v and gate|up GEMVs. Not thread-safe: one forward at a time.
 public final class LlamaModel {
     /// Which logits `forward` returns.
     public enum Logits: Sendable { case last, all }
@@ -39,6 +41,10 @@ public final class LlamaModel {
     private let allocations: [UnsafeMutableRawPointer]
     /// Scratch for dequantized weight tiles (4-bit prefill); allocated once.
     public let workspace: NF4Workspace
+    /// Attached LoRA branches: `lora[layer][LoRATarget.index]`, or empty when none are attached.
+    public private(set) var lora: [[LinearLoRA?]] = []
+    /// [chunkSize, largest attached rank]: the LoRA intermediate x·Aᵀ; allocated by `attachLoRA`.
+    private var loraScratch: UnsafeMutablePointer<Float>?
 
     public init(config: LlamaConfig, weights: LlamaWeights, maxContext: Int, chunkSize: Int = 128) throws {
         guard maxContext > 0 else {
@@ -85,7 +91,54 @@ public final class LlamaModel {
         }
     }
 
-    deinit { for p in allocations { p.deallocate() } }
+    deinit {
+        for p in allocations { p.deallocate() }
+        loraScratch?.deallocate()
+    }
+
+    /// Attaches LoRA branches applied unmerged in every later forward: `branches[layer][target]`
+    /// (one dictionary per decoder layer; an empty one adapts nothing in that layer). Replaces any
+    /// branches attached before and forgets the KV cache. The scratch for the branches is allocated
+    /// here, once. Throws `LlamaError.invalidInput` naming the layer and projection when the number
+    /// of layers or a branch's in/out features do not match the model.
+    public func attachLoRA(_ branches: [[LoRATarget: LinearLoRA]]) throws {
+        guard branches.count == config.layerCount else {
+            throw LlamaError.invalidInput(field: "lora layers", value: "\(branches.count)", expected: "\(config.layerCount) (the model's layers)")
+        }
+        var table: [[LinearLoRA?]] = []
+        var maxRank = 0
+        for (l, layer) in branches.enumerated() {
+            var row = [LinearLoRA?](repeating: nil, count: LoRATarget.allCases.count)
+            for (target, branch) in layer {
+                let shape = target.shape(config)
+                guard branch.inFeatures == shape.inp, branch.outFeatures == shape.out else {
+                    throw LlamaError.invalidInput(
+                        field: "lora layers.\(l).\(target.block).\(target.rawValue) [out, in]",
+                        value: "[\(branch.outFeatures), \(branch.inFeatures)]", expected: "[\(shape.out), \(shape.inp)]")
+                }
+                row[target.index] = branch
+                maxRank = max(maxRank, branch.rank)
+            }
+            table.append(row)
+        }
+        detachLoRA()
+        guard maxRank > 0 else { return }
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: chunkSize * maxRank)
+        scratch.initialize(repeating: 0, count: chunkSize * maxRank)
+        loraScratch = scratch
+        lora = table
+    }
+
+    /// Removes the attached LoRA branches (the base alone again) and forgets the KV cache.
+    public func detachLoRA() {
+        lora = []
+        loraScratch?.deallocate()
+        loraScratch = nil
+        cachedCount = 0
+    }
+
+    /// Bytes held by the attached LoRA branches.
+    public var loraBytes: Int { lora.reduce(0) { $0 + $1.reduce(0) { $0 + ($1?.bytes ?? 0) } } }
 
     /// Forgets the KV cache.
     public func reset() { cachedCount = 0 }
@@ -165,8 +218,10 @@ public final class LlamaModel {
         let qd = cfg.qDim, kvd = cfg.kvDim, half = D / 2
         let up = gate + T * I              // so that for T = 1, [gate | up] is one GEMV's output
         let fused = weights.hasFusedDenseLayout, ws = workspace
+        let hasLoRA = !lora.isEmpty, hs = loraScratch ?? x   // hs is only used when hasLoRA
         embeddingForward(out: x, tokens: tokens, table: weights.embedding, channels: C)
         for (l, w) in weights.layers.enumerated() {
+            let branches: [LinearLoRA?]? = hasLoRA ? lora[l] : nil
             let layerKeys = keyCache + l * maxContext * kvd, layerValues = valueCache + l * maxContext * kvd
             let k = layerKeys + pos * kvd, v = layerValues + pos * kvd   // this chunk's rows of the cache
 
@@ -183,6 +238,11 @@ public final class LlamaModel {
                 w.wk.forward(out: k, inp: xb, bias: w.bk, rows: T, workspace: ws)
                 w.wv.forward(out: v, inp: xb, bias: w.bv, rows: T, workspace: ws)
             }
+            if let b = branches {
+                b[0]?.addForward(out: q, inp: xb, rows: T, h: hs)
+                b[1]?.addForward(out: k, inp: xb, rows: T, h: hs)
+                b[2]?.addForward(out: v, inp: xb, rows: T, h: hs)
+            }
             ropeForward(x: q, cos: ropeCos + pos * half, sin: ropeSin + pos * half, rows: T, heads: cfg.headCount,
                         headDim: D, rowStride: qd)
             ropeForward(x: k, cos: ropeCos + pos * half, sin: ropeSin + pos * half, rows: T, heads: cfg.kvHeadCount,
@@ -191,6 +251,7 @@ public final class LlamaModel {
                              startPosition: pos, heads: cfg.headCount, kvHeads: cfg.kvHeadCount, headDim: D,
                              window: cfg.slidingWindow)
             w.wo.forward(out: xb2, inp: att, bias: w.bo, rows: T, workspace: ws)
+            branches?[3]?.addForward(out: xb2, inp: att, rows: T, h: hs)
             residualForward(out: x, a: x, b: xb2, count: T * C)
 
             // MLP: x += down(silu(gate(h)) ⊙ up(h)), h = rmsnorm(x)
@@ -202,8 +263,13 @@ public final class LlamaModel {
                 w.wGate.forward(out: gate, inp: xb, bias: w.bGate, rows: T, workspace: ws)
                 w.wUp.forward(out: up, inp: xb, bias: w.bUp, rows: T, workspace: ws)
             }
+            if let b = branches {
+                b[4]?.addForward(out: gate, inp: xb, rows: T, h: hs)
+                b[5]?.addForward(out: up, inp: xb, rows: T, h: hs)
+            }
             siluMulForward(out: gate, gate: gate, up: up, count: T * I)
             w.wDown.forward(out: xb2, inp: gate, bias: w.bDown, rows: T, workspace: ws)
+            branches?[6]?.addForward(out: xb2, inp: gate, rows: T, h: hs)
             residualForward(out: x, a: x, b: xb2, count: T * C)
         }
     }

@@ -1,46 +1,74 @@
+import Dispatch
 import Kernels
 import Quantization
 
 // Forward and backward of `LoRAModel` (see LoRAModel.swift for the conventions).
 extension LoRAModel {
     /// Forward only (no backward, no dropout masks advance): returns the summed loss and the
-    /// number of trained tokens; the logits stay in `lastLogits`. Dropout is applied with the masks
-    /// of the current `step` when `training` is true, none otherwise.
+    /// number of trained tokens; the logits stay in `lastLogits` ([batchSize, rowLength, V]). Dropout
+    /// is applied with the masks of the current `step` when `training` is true, none otherwise.
+    /// `rowLength` (default seqLen): compute only positions 0 ..< rowLength of each row (see
+    /// `forwardBackward`).
     public func forward(inputIds: [Int], labels: [Int], segmentStarts: [Int]? = nil,
-                        training: Bool = false) throws -> (lossSum: Double, tokenCount: Int) {
-        try prepare(inputIds: inputIds, labels: labels, segmentStarts: segmentStarts)
-        return try inputIds.withUnsafeBufferPointer { ids in
-            try runForward(ids, dropoutOn: training && dropout > 0)
-        }
+                        training: Bool = false, rowLength: Int? = nil) throws -> (lossSum: Double, tokenCount: Int) {
+        try prepare(inputIds: inputIds, labels: labels, segmentStarts: segmentStarts,
+                    rowLength: rowLength ?? seqLen)
+        return try runForward(dropoutOn: training && dropout > 0, fusedHeadScale: nil)
     }
 
     /// One training step's forward and backward. Gradients of every LoRA A and B accumulate (`+=`)
     /// the gradient of lossScale · lossSum (pass lossScale = 1 / tokens of the whole accumulated batch
     /// for the mean loss). Advances `step` (the dropout masks) by one.
+    ///
+    /// Only positions 0 ..< rowLength of each row are computed (the rest must predict nothing: a
+    /// trained label beyond throws `LlamaError.invalidInput`). By causality the loss and gradients do
+    /// not depend on the positions dropped. nil (the default) = the smallest length that holds every
+    /// trained target, rounded up to a multiple of 8 (padding costs nothing). The LM head and the
+    /// cross-entropy run only on positions with a trained target, forward and backward fused, a few
+    /// rows at a time (the full logits are never materialized; `lastLogits` is not updated).
     public func forwardBackward(inputIds: [Int], labels: [Int], segmentStarts: [Int]? = nil,
-                                lossScale: Float) throws -> (lossSum: Double, tokenCount: Int) {
-        try prepare(inputIds: inputIds, labels: labels, segmentStarts: segmentStarts)
+                                lossScale: Float, rowLength: Int? = nil) throws -> (lossSum: Double, tokenCount: Int) {
+        try prepare(inputIds: inputIds, labels: labels, segmentStarts: segmentStarts, rowLength: rowLength)
         let drop = dropout > 0
-        let result = try inputIds.withUnsafeBufferPointer { ids in try runForward(ids, dropoutOn: drop) }
-        runBackward(lossScale: lossScale, dropoutOn: drop)
+        let result = try runForward(dropoutOn: drop, fusedHeadScale: lossScale)
+        runBackward(dropoutOn: drop)
         step &+= 1
         return result
     }
 
+    /// The row length `forwardBackward(…, rowLength: nil)` uses for these labels: the smallest
+    /// multiple of 8 (at most seqLen) such that every trained target is predicted by a position
+    /// inside it (labels as for `forwardBackward`, unshifted; a label at t is predicted by t − 1).
+    public func inferredRowLength(labels: [Int], segmentStarts: [Int]? = nil) -> Int {
+        let T = seqLen
+        var need = 1
+        for i in 0..<min(labels.count, batchSize * T) where labels[i] != -100 {
+            let t = i % T
+            if t > 0 && (segmentStarts.map { $0[i] == $0[i - 1] } ?? true) { need = max(need, t) }
+        }
+        return min(T, (need + 7) / 8 * 8)
+    }
+
     // MARK: - Setup
 
-    private func prepare(inputIds: [Int], labels: [Int], segmentStarts: [Int]?) throws {
+    /// Checks the inputs, then fills the row-compacted buffers ([batchSize, rowLength]): ids, segment
+    /// starts, shifted targets, RoPE tables. rowLength nil = inferred from the targets.
+    private func prepare(inputIds: [Int], labels: [Int], segmentStarts: [Int]?, rowLength requested: Int?) throws {
         let T = seqLen, V = config.vocabularySize, half = config.headDim / 2
-        guard inputIds.count == N else {
-            throw LlamaError.invalidInput(field: "inputIds.count", value: "\(inputIds.count)", expected: "\(N) (batch · seqLen)")
+        let full = batchSize * seqLen
+        guard inputIds.count == full else {
+            throw LlamaError.invalidInput(field: "inputIds.count", value: "\(inputIds.count)", expected: "\(full) (batch · seqLen)")
         }
-        guard labels.count == N else {
-            throw LlamaError.invalidInput(field: "labels.count", value: "\(labels.count)", expected: "\(N) (batch · seqLen)")
+        guard labels.count == full else {
+            throw LlamaError.invalidInput(field: "labels.count", value: "\(labels.count)", expected: "\(full) (batch · seqLen)")
         }
-        if let s = segmentStarts, s.count != N {
-            throw LlamaError.invalidInput(field: "segmentStarts.count", value: "\(s.count)", expected: "\(N) (batch · seqLen)")
+        if let s = segmentStarts, s.count != full {
+            throw LlamaError.invalidInput(field: "segmentStarts.count", value: "\(s.count)", expected: "\(full) (batch · seqLen)")
         }
-        for i in 0..<N {
+        if let r = requested, r < 1 || r > T {
+            throw LlamaError.invalidInput(field: "rowLength", value: "\(r)", expected: "1 ... seqLen \(T)")
+        }
+        for i in 0..<full {
             let id = inputIds[i]
             guard id >= 0 && id < V else {
                 throw LlamaError.invalidInput(field: "inputIds[\(i)]", value: "\(id)", expected: "0 ..< \(V)")
@@ -55,20 +83,50 @@ extension LoRAModel {
                 throw LlamaError.invalidInput(field: "segmentStarts[\(i)]", value: "\(s)", expected: "0 ... \(t)")
             }
             segBuf[i] = s
+            idsBuf[i] = id
         }
         // shifted targets: position t predicts labels[t+1] within the same row and segment
-        for i in 0..<N {
+        var need = 1
+        for i in 0..<full {
             let t = i % T
             if t + 1 < T && segBuf[i + 1] == segBuf[i] { targetsBuf[i] = labels[i + 1] } else { targetsBuf[i] = -100 }
+            if targetsBuf[i] != -100 { need = max(need, t + 1) }
         }
+        let R = requested ?? min(T, (need + 7) / 8 * 8)
+        if R < need {
+            var i = 0
+            while i < full && !(i % T >= R && targetsBuf[i] != -100) { i += 1 }
+            throw LlamaError.invalidInput(field: "labels[\(i + 1)]", value: "\(labels[i + 1])",
+                                          expected: "−100 (position \(i % T + 1) is beyond rowLength \(R))")
+        }
+        // compact rows to R positions (in place: reads never trail writes)
+        if R < T {
+            for b in 1..<max(1, batchSize) {
+                for t in 0..<R {
+                    segBuf[b * R + t] = segBuf[b * T + t]
+                    idsBuf[b * R + t] = idsBuf[b * T + t]
+                    targetsBuf[b * R + t] = targetsBuf[b * T + t]
+                }
+            }
+        }
+        rowLength = R
         for i in 0..<N {
-            let p = i % T - segBuf[i]
+            let p = i % R - segBuf[i]
             (tokCos + i * half).update(from: ropeCos + p * half, count: half)
             (tokSin + i * half).update(from: ropeSin + p * half, count: half)
         }
     }
 
     // MARK: - Helpers
+
+    /// Runs body, adding its wall time to `profile` (if any) under the current phase and `kind`.
+    @inline(__always)
+    private func timed(_ kind: LoRAStepProfile.Kind, _ body: () throws -> Void) rethrows {
+        guard let p = profile else { try body(); return }
+        let t0 = DispatchTime.now().uptimeNanoseconds, c0 = LoRAStepProfile.cpuNanoseconds()
+        try body()
+        p.add(phase, kind, DispatchTime.now().uptimeNanoseconds &- t0, LoRAStepProfile.cpuNanoseconds() &- c0)
+    }
 
     private func maskSeed(layer: Int, target: LoRATarget) -> UInt64 {
         var z = dropoutSeed &+ step &* 0x9E3779B97F4A7C15
@@ -81,38 +139,45 @@ extension LoRAModel {
     private func linear(_ w: LinearWeight, bias: UnsafePointer<Float>?, target: LoRATarget, layer l: Int,
                         out: UnsafeMutablePointer<Float>, inp: UnsafeMutablePointer<Float>,
                         h: UnsafeMutablePointer<Float>, dropoutOn: Bool) {
-        w.forward(out: out, inp: inp, bias: bias, rows: N, workspace: workspace)
+        timed(.linear) { w.forward(out: out, inp: inp, bias: bias, rows: N, workspace: workspace) }
         guard let ad = adapters[l][target.index] else { return }
-        var m: UnsafePointer<UInt8>? = nil
-        if dropoutOn {
-            loraDropoutMask(mask: mask, count: N * ad.inp, p: dropout, seed: maskSeed(layer: l, target: target))
-            m = UnsafePointer(mask)
+        timed(.lora) {
+            var m: UnsafePointer<UInt8>? = nil
+            if dropoutOn {
+                loraDropoutMask(mask: mask, count: N * ad.inp, p: dropout, seed: maskSeed(layer: l, target: target))
+                m = UnsafePointer(mask)
+            }
+            loraForward(out: out, h: h + target.index * N * rank, maskedInput: maskedInput, inp: inp, mask: m,
+                        dropout: dropout, a: ad.a, b: ad.b, scale: scale, rows: N, inChannels: ad.inp,
+                        outChannels: ad.out, rank: rank)
         }
-        loraForward(out: out, h: h + target.index * N * rank, maskedInput: maskedInput, inp: inp, mask: m,
-                    dropout: dropout, a: ad.a, b: ad.b, scale: scale, rows: N, inChannels: ad.inp,
-                    outChannels: ad.out, rank: rank)
     }
 
-    /// dInp += dOut · W (+ LoRA's dInp), dA/dB += LoRA gradients.
-    private func linearBackward(_ w: LinearWeight, target: LoRATarget, layer l: Int, dInp: UnsafeMutablePointer<Float>,
+    /// dInp += dOut · W (+ LoRA's dInp), dA/dB += LoRA gradients. dInp nil: no input gradient (layer 0's
+    /// q, k, v: the embedding is frozen).
+    private func linearBackward(_ w: LinearWeight, target: LoRATarget, layer l: Int, dInp: UnsafeMutablePointer<Float>?,
                                 dOut: UnsafeMutablePointer<Float>, inp: UnsafeMutablePointer<Float>,
                                 h: UnsafeMutablePointer<Float>, dropoutOn: Bool) {
-        switch w {
-        case let .dense(p, r, c):
-            matmulBackwardInput(dInp: dInp, dOut: dOut, weight: p, rows: N, inChannels: c, outChannels: r)
-        case let .quantized(q):
-            BLAS.setThreads(coreCount)
-            NF4Matmul.backwardInput(dInp: dInp, dOut: dOut, weight: q, rows: N, workspace: workspace, accumulate: true)
-        }
+        if let dInp { timed(.linear) {
+            switch w {
+            case let .dense(p, r, c):
+                matmulBackwardInput(dInp: dInp, dOut: dOut, weight: p, rows: N, inChannels: c, outChannels: r)
+            case let .quantized(q):
+                BLAS.setThreads(coreCount)
+                NF4Matmul.backwardInput(dInp: dInp, dOut: dOut, weight: q, rows: N, workspace: workspace, accumulate: true)
+            }
+        } }
         guard let ad = adapters[l][target.index] else { return }
-        var m: UnsafePointer<UInt8>? = nil
-        if dropoutOn {
-            loraDropoutMask(mask: mask, count: N * ad.inp, p: dropout, seed: maskSeed(layer: l, target: target))
-            m = UnsafePointer(mask)
+        timed(.lora) {
+            var m: UnsafePointer<UInt8>? = nil
+            if dropoutOn {
+                loraDropoutMask(mask: mask, count: N * ad.inp, p: dropout, seed: maskSeed(layer: l, target: target))
+                m = UnsafePointer(mask)
+            }
+            loraBackward(dInp: dInp, dA: ad.da, dB: ad.db, dOut: dOut, inp: inp, mask: m, dropout: dropout,
+                         h: h + target.index * N * rank, a: ad.a, b: ad.b, scale: scale, scratch: loraScratch,
+                         rows: N, inChannels: ad.inp, outChannels: ad.out, rank: rank)
         }
-        loraBackward(dInp: dInp, dA: ad.da, dB: ad.db, dOut: dOut, inp: inp, mask: m, dropout: dropout,
-                     h: h + target.index * N * rank, a: ad.a, b: ad.b, scale: scale, scratch: loraScratch,
-                     rows: N, inChannels: ad.inp, outChannels: ad.out, rank: rank)
     }
 
     private func activations(_ l: Int) -> Activations { gradientCheckpointing ? acts[0] : acts[l] }
@@ -121,55 +186,109 @@ extension LoRAModel {
 
     private func layerForward(_ l: Int, dropoutOn: Bool) {
         let cfg = config, w = weights.layers[l], a = activations(l)
-        let C = cfg.hiddenSize, I = cfg.intermediateSize, D = cfg.headDim, T = seqLen
+        let C = cfg.hiddenSize, I = cfg.intermediateSize, D = cfg.headDim, T = rowLength
         let qd = cfg.qDim, kvd = cfg.kvDim
         let x = layerInputs + l * N * C, xOut = layerInputs + (l + 1) * N * C
-        rmsnormForward(out: a.xn1, inp: x, weight: w.attentionNorm, rows: N, channels: C, epsilon: cfg.rmsNormEpsilon)
+        timed(.elementwise) {
+            rmsnormForward(out: a.xn1, inp: x, weight: w.attentionNorm, rows: N, channels: C, epsilon: cfg.rmsNormEpsilon)
+        }
         linear(w.wq, bias: w.bq, target: .q, layer: l, out: a.q, inp: a.xn1, h: a.h, dropoutOn: dropoutOn)
         linear(w.wk, bias: w.bk, target: .k, layer: l, out: a.k, inp: a.xn1, h: a.h, dropoutOn: dropoutOn)
         linear(w.wv, bias: w.bv, target: .v, layer: l, out: a.v, inp: a.xn1, h: a.h, dropoutOn: dropoutOn)
-        ropeForward(x: a.q, cos: tokCos, sin: tokSin, rows: N, heads: cfg.headCount, headDim: D, rowStride: qd)
-        ropeForward(x: a.k, cos: tokCos, sin: tokSin, rows: N, heads: cfg.kvHeadCount, headDim: D, rowStride: kvd)
-        for b in 0..<batchSize {
-            attentionTrainForward(out: a.att + b * T * qd, q: a.q + b * T * qd, k: a.k + b * T * kvd,
-                                  v: a.v + b * T * kvd, segmentStart: UnsafePointer(segBuf + b * T), scratch: attScratch,
-                                  tokens: T, heads: cfg.headCount, kvHeads: cfg.kvHeadCount, headDim: D)
+        timed(.elementwise) {
+            ropeForward(x: a.q, cos: tokCos, sin: tokSin, rows: N, heads: cfg.headCount, headDim: D, rowStride: qd)
+            ropeForward(x: a.k, cos: tokCos, sin: tokSin, rows: N, heads: cfg.kvHeadCount, headDim: D, rowStride: kvd)
+        }
+        timed(.attention) {
+            attentionTrainForward(out: a.att, q: a.q, k: a.k, v: a.v, segmentStart: UnsafePointer(segBuf),
+                                  scratch: attScratch, tokens: T, heads: cfg.headCount, kvHeads: cfg.kvHeadCount,
+                                  headDim: D, batch: batchSize)
         }
         linear(w.wo, bias: w.bo, target: .o, layer: l, out: tmp, inp: a.att, h: a.h, dropoutOn: dropoutOn)
-        residualForward(out: a.x2, a: x, b: tmp, count: N * C)
-        rmsnormForward(out: a.xn2, inp: a.x2, weight: w.mlpNorm, rows: N, channels: C, epsilon: cfg.rmsNormEpsilon)
+        timed(.elementwise) {
+            residualForward(out: a.x2, a: x, b: tmp, count: N * C)
+            rmsnormForward(out: a.xn2, inp: a.x2, weight: w.mlpNorm, rows: N, channels: C, epsilon: cfg.rmsNormEpsilon)
+        }
         linear(w.wGate, bias: w.bGate, target: .gate, layer: l, out: a.gate, inp: a.xn2, h: a.h, dropoutOn: dropoutOn)
         linear(w.wUp, bias: w.bUp, target: .up, layer: l, out: a.up, inp: a.xn2, h: a.h, dropoutOn: dropoutOn)
-        siluMulForward(out: a.act, gate: a.gate, up: a.up, count: N * I)
+        timed(.elementwise) { siluMulForward(out: a.act, gate: a.gate, up: a.up, count: N * I) }
         linear(w.wDown, bias: w.bDown, target: .down, layer: l, out: tmp, inp: a.act, h: a.h, dropoutOn: dropoutOn)
-        residualForward(out: xOut, a: a.x2, b: tmp, count: N * C)
+        timed(.elementwise) { residualForward(out: xOut, a: a.x2, b: tmp, count: N * C) }
     }
 
-    private func runForward(_ ids: UnsafeBufferPointer<Int>, dropoutOn: Bool) throws -> (lossSum: Double, tokenCount: Int) {
+    /// The layers, then the LM head and cross-entropy: materialized logits for all positions
+    /// (`fusedHeadScale` nil, `forward`), or fused forward + backward on the trained positions only,
+    /// leaving dx = dLoss/d(final layer output) (`forwardBackward`).
+    private func runForward(dropoutOn: Bool, fusedHeadScale: Float?) throws -> (lossSum: Double, tokenCount: Int) {
         let cfg = config, C = cfg.hiddenSize, L = cfg.layerCount
-        embeddingForward(out: layerInputs, tokens: ids, table: weights.embedding, channels: C)
+        phase = .forward
+        timed(.elementwise) {
+            embeddingForward(out: layerInputs, tokens: UnsafeBufferPointer(start: idsBuf, count: N),
+                             table: weights.embedding, channels: C)
+        }
         for l in 0..<L { layerForward(l, dropoutOn: dropoutOn) }
-        rmsnormForward(out: xf, inp: layerInputs + L * N * C, weight: weights.finalNorm, rows: N, channels: C,
-                       epsilon: cfg.rmsNormEpsilon)
-        matmulForward(out: logits, inp: xf, weight: weights.lmHead, bias: nil, rows: N, inChannels: C,
-                      outChannels: cfg.vocabularySize)
-        let r = try crossEntropyForward(losses: losses, logits: logits, targets: targetsBuf, rows: N,
+        if let s = fusedHeadScale { return try fusedHead(lossScale: s) }
+        timed(.elementwise) {
+            rmsnormForward(out: xf, inp: layerInputs + L * N * C, weight: weights.finalNorm, rows: N, channels: C,
+                           epsilon: cfg.rmsNormEpsilon)
+        }
+        var r: (sum: Double, count: Int) = (0, 0)
+        try timed(.head) {
+            matmulForward(out: logits, inp: xf, weight: weights.lmHead, bias: nil, rows: N, inChannels: C,
+                          outChannels: cfg.vocabularySize)
+            r = try crossEntropyForward(losses: losses, logits: logits, targets: targetsBuf, rows: N,
                                         vocab: cfg.vocabularySize)
+        }
         return (r.sum, r.count)
+    }
+
+    /// Final norm, LM head and cross-entropy, forward and backward, on the M rows with a trained
+    /// target only, `headChunk` rows of logits at a time; leaves dx [N, C] = dLoss/d(final layer output)
+    /// (zero on the other rows). Counted as forward time.
+    private func fusedHead(lossScale: Float) throws -> (lossSum: Double, tokenCount: Int) {
+        let cfg = config, C = cfg.hiddenSize, L = cfg.layerCount, V = cfg.vocabularySize, eps = cfg.rmsNormEpsilon
+        let xL = layerInputs + L * N * C
+        var M = 0
+        var result: (sum: Double, count: Int) = (0, 0)
+        timed(.elementwise) {
+            for i in 0..<N where targetsBuf[i] != -100 {
+                headRows[M] = i; headTargets[M] = targetsBuf[i]
+                (headIn + M * C).update(from: xL + i * C, count: C)
+                M += 1
+            }
+            rmsnormForward(out: xf, inp: headIn, weight: weights.finalNorm, rows: M, channels: C, epsilon: eps)
+        }
+        try timed(.head) {
+            BLAS.setThreads(coreCount)
+            var c0 = 0
+            while c0 < M {
+                let m = min(Self.headChunk, M - c0)
+                BLAS.sgemm(transB: true, m: m, n: V, k: C, a: xf + c0 * C, b: weights.lmHead, c: logits)
+                let r = try crossEntropyForwardBackward(logits: logits, losses: losses + c0, targets: headTargets + c0,
+                                                        scale: lossScale, rows: m, vocab: V)
+                result.sum += r.sum; result.count += r.count
+                BLAS.sgemm(m: m, n: C, k: V, a: logits, b: weights.lmHead, c: dxn + c0 * C)
+                c0 += m
+            }
+        }
+        phase = .backward
+        timed(.elementwise) {
+            tmp.update(repeating: 0, count: M * C)
+            rmsnormBackward(dInp: tmp, dWeight: nil, dOut: dxn, inp: headIn, weight: weights.finalNorm, rows: M,
+                            channels: C, epsilon: eps)
+            dx.update(repeating: 0, count: N * C)
+            for r in 0..<M { (dx + headRows[r] * C).update(from: tmp + r * C, count: C) }
+        }
+        return (result.sum, result.count)
     }
 
     // MARK: - Backward
 
-    private func runBackward(lossScale: Float, dropoutOn: Bool) {
-        let cfg = config, C = cfg.hiddenSize, L = cfg.layerCount, V = cfg.vocabularySize
-        crossEntropyBackward(dLogits: logits, logits: logits, targets: targetsBuf, scale: lossScale, rows: N, vocab: V)
-        dxn.update(repeating: 0, count: N * C)
-        matmulBackwardInput(dInp: dxn, dOut: logits, weight: weights.lmHead, rows: N, inChannels: C, outChannels: V)
-        dx.update(repeating: 0, count: N * C)
-        rmsnormBackward(dInp: dx, dWeight: nil, dOut: dxn, inp: layerInputs + L * N * C, weight: weights.finalNorm,
-                        rows: N, channels: C, epsilon: cfg.rmsNormEpsilon)
-        for l in stride(from: L - 1, through: 0, by: -1) {
-            if gradientCheckpointing { layerForward(l, dropoutOn: dropoutOn) }
+    /// From dx = dLoss/d(final layer output) (left by `fusedHead`) down to layer 0.
+    private func runBackward(dropoutOn: Bool) {
+        phase = .backward
+        for l in stride(from: config.layerCount - 1, through: 0, by: -1) {
+            if gradientCheckpointing { phase = .recompute; layerForward(l, dropoutOn: dropoutOn); phase = .backward }
             layerBackward(l, dropoutOn: dropoutOn)
         }
     }
@@ -177,34 +296,43 @@ extension LoRAModel {
     /// On entry dx = dLoss/d(layer l's output); on exit dLoss/d(layer l's input).
     private func layerBackward(_ l: Int, dropoutOn: Bool) {
         let cfg = config, w = weights.layers[l], a = activations(l)
-        let C = cfg.hiddenSize, I = cfg.intermediateSize, D = cfg.headDim, T = seqLen
+        let C = cfg.hiddenSize, I = cfg.intermediateSize, D = cfg.headDim, T = rowLength
         let qd = cfg.qDim, kvd = cfg.kvDim, eps = cfg.rmsNormEpsilon
         let x = layerInputs + l * N * C
         // MLP: out = x2 + down(act); dx already is d(x2) from the residual.
-        dact.update(repeating: 0, count: N * I)
+        timed(.elementwise) { dact.update(repeating: 0, count: N * I) }
         linearBackward(w.wDown, target: .down, layer: l, dInp: dact, dOut: dx, inp: a.act, h: a.h, dropoutOn: dropoutOn)
-        dgate.update(repeating: 0, count: N * I); dup.update(repeating: 0, count: N * I)
-        siluMulBackward(dGate: dgate, dUp: dup, dOut: dact, gate: a.gate, up: a.up, count: N * I)
-        dxn.update(repeating: 0, count: N * C)
+        timed(.elementwise) {
+            dgate.update(repeating: 0, count: N * I); dup.update(repeating: 0, count: N * I)
+            siluMulBackward(dGate: dgate, dUp: dup, dOut: dact, gate: a.gate, up: a.up, count: N * I)
+            dxn.update(repeating: 0, count: N * C)
+        }
         linearBackward(w.wGate, target: .gate, layer: l, dInp: dxn, dOut: dgate, inp: a.xn2, h: a.h, dropoutOn: dropoutOn)
         linearBackward(w.wUp, target: .up, layer: l, dInp: dxn, dOut: dup, inp: a.xn2, h: a.h, dropoutOn: dropoutOn)
-        rmsnormBackward(dInp: dx, dWeight: nil, dOut: dxn, inp: a.x2, weight: w.mlpNorm, rows: N, channels: C, epsilon: eps)
-        // attention: x2 = x + o(att)
-        datt.update(repeating: 0, count: N * qd)
-        linearBackward(w.wo, target: .o, layer: l, dInp: datt, dOut: dx, inp: a.att, h: a.h, dropoutOn: dropoutOn)
-        dq.update(repeating: 0, count: N * qd); dk.update(repeating: 0, count: N * kvd); dv.update(repeating: 0, count: N * kvd)
-        for b in 0..<batchSize {
-            attentionBackward(dQ: dq + b * T * qd, dK: dk + b * T * kvd, dV: dv + b * T * kvd, dOut: datt + b * T * qd,
-                              q: a.q + b * T * qd, k: a.k + b * T * kvd, v: a.v + b * T * kvd,
-                              segmentStart: UnsafePointer(segBuf + b * T), scratch: attScratch,
-                              tokens: T, heads: cfg.headCount, kvHeads: cfg.kvHeadCount, headDim: D)
+        timed(.elementwise) {
+            rmsnormBackward(dInp: dx, dWeight: nil, dOut: dxn, inp: a.x2, weight: w.mlpNorm, rows: N, channels: C, epsilon: eps)
+            // attention: x2 = x + o(att)
+            datt.update(repeating: 0, count: N * qd)
         }
-        ropeBackward(dX: dq, cos: tokCos, sin: tokSin, rows: N, heads: cfg.headCount, headDim: D, rowStride: qd)
-        ropeBackward(dX: dk, cos: tokCos, sin: tokSin, rows: N, heads: cfg.kvHeadCount, headDim: D, rowStride: kvd)
-        dxn.update(repeating: 0, count: N * C)
-        linearBackward(w.wq, target: .q, layer: l, dInp: dxn, dOut: dq, inp: a.xn1, h: a.h, dropoutOn: dropoutOn)
-        linearBackward(w.wk, target: .k, layer: l, dInp: dxn, dOut: dk, inp: a.xn1, h: a.h, dropoutOn: dropoutOn)
-        linearBackward(w.wv, target: .v, layer: l, dInp: dxn, dOut: dv, inp: a.xn1, h: a.h, dropoutOn: dropoutOn)
-        rmsnormBackward(dInp: dx, dWeight: nil, dOut: dxn, inp: x, weight: w.attentionNorm, rows: N, channels: C, epsilon: eps)
+        linearBackward(w.wo, target: .o, layer: l, dInp: datt, dOut: dx, inp: a.att, h: a.h, dropoutOn: dropoutOn)
+        timed(.attention) {
+            dq.update(repeating: 0, count: N * qd); dk.update(repeating: 0, count: N * kvd); dv.update(repeating: 0, count: N * kvd)
+            attentionBackward(dQ: dq, dK: dk, dV: dv, dOut: datt, q: a.q, k: a.k, v: a.v,
+                              segmentStart: UnsafePointer(segBuf), scratch: attScratch, tokens: T,
+                              heads: cfg.headCount, kvHeads: cfg.kvHeadCount, headDim: D, batch: batchSize)
+        }
+        timed(.elementwise) {
+            ropeBackward(dX: dq, cos: tokCos, sin: tokSin, rows: N, heads: cfg.headCount, headDim: D, rowStride: qd)
+            ropeBackward(dX: dk, cos: tokCos, sin: tokSin, rows: N, heads: cfg.kvHeadCount, headDim: D, rowStride: kvd)
+            dxn.update(repeating: 0, count: N * C)
+        }
+        // Layer 0's input is the frozen embedding: no gradient needed below q, k, v.
+        let dIn: UnsafeMutablePointer<Float>? = l == 0 ? nil : dxn
+        linearBackward(w.wq, target: .q, layer: l, dInp: dIn, dOut: dq, inp: a.xn1, h: a.h, dropoutOn: dropoutOn)
+        linearBackward(w.wk, target: .k, layer: l, dInp: dIn, dOut: dk, inp: a.xn1, h: a.h, dropoutOn: dropoutOn)
+        linearBackward(w.wv, target: .v, layer: l, dInp: dIn, dOut: dv, inp: a.xn1, h: a.h, dropoutOn: dropoutOn)
+        if l > 0 { timed(.elementwise) {
+            rmsnormBackward(dInp: dx, dWeight: nil, dOut: dxn, inp: x, weight: w.attentionNorm, rows: N, channels: C, epsilon: eps)
+        } }
     }
 }

@@ -88,6 +88,9 @@ public final class LoRAModel {
     public var dropoutSeed: UInt64
     /// Incremented by every `forwardBackward` (after it); selects the dropout masks.
     public var step: UInt64 = 0
+    /// When set, `forward` / `forwardBackward` add their wall time per phase and op kind to it (benchmarks).
+    public var profile: LoRAStepProfile?
+    var phase: LoRAStepProfile.Phase = .forward
 
     // LoRA parameters: per layer, per LoRATarget index (nil when not targeted): offsets into storage.
     struct Adapter { let a: UnsafeMutablePointer<Float>, b: UnsafeMutablePointer<Float>
@@ -109,6 +112,10 @@ public final class LoRAModel {
     let losses: UnsafeMutablePointer<Float>          // [N]
     let targetsBuf: UnsafeMutablePointer<Int>        // [N] shifted targets
     let segBuf: UnsafeMutablePointer<Int>            // [N]
+    let idsBuf: UnsafeMutablePointer<Int>            // [N] token ids (rows `rowLength` apart)
+    let headRows: UnsafeMutablePointer<Int>          // [N] rows with a trained target (fused LM head)
+    let headTargets: UnsafeMutablePointer<Int>       // [N] their targets
+    let headIn: UnsafeMutablePointer<Float>          // [N, C] their final-layer inputs
     let ropeCos, ropeSin: UnsafeMutablePointer<Float>         // [T, D/2] positions 0..<T
     let tokCos, tokSin: UnsafeMutablePointer<Float>           // [N, D/2] per token positions
     let tmp: UnsafeMutablePointer<Float>             // [N, C]
@@ -121,7 +128,11 @@ public final class LoRAModel {
     let workspace: NF4Workspace
     private var allocations: [UnsafeMutableRawPointer] = []
 
-    var N: Int { batchSize * seqLen }
+    /// Positions per row the current call computes (≤ seqLen): activations are [batchSize, rowLength].
+    var rowLength: Int
+    var N: Int { batchSize * rowLength }
+    /// Rows of logits the fused LM head + cross-entropy of `forwardBackward` materializes at a time.
+    static let headChunk = 64
 
     public init(weights: LlamaWeights, batchSize: Int, seqLen: Int, rank: Int = 8, alpha: Float = 16,
                 targets: [LoRATarget] = LoRATarget.allCases, dropout: Float = 0, useRSLoRA: Bool = false,
@@ -148,6 +159,7 @@ public final class LoRAModel {
         var seen = Set<LoRATarget>()
         self.targets = LoRATarget.allCases.filter { t in targets.contains(t) && seen.insert(t).inserted }
         self.gradientCheckpointing = gradientCheckpointing
+        rowLength = seqLen
         dropoutSeed = seed ^ 0xD1B54A32D192ED03
 
         let L = cfg.layerCount, C = cfg.hiddenSize, I = cfg.intermediateSize, V = cfg.vocabularySize
@@ -195,7 +207,10 @@ public final class LoRAModel {
         }
         self.acts = acts
         layerInputs = buf((L + 1) * N * C)
-        xf = buf(N * C); logits = buf(N * V); losses = buf(N)
+        xf = buf(N * C); losses = buf(N); headIn = buf(N * C)
+        // Not touched until used: `forwardBackward` writes only `headChunk` rows of it; `forward` all.
+        logits = .allocate(capacity: N * V)
+        allocs.append(UnsafeMutableRawPointer(logits))
         ropeCos = buf(T * half); ropeSin = buf(T * half); tokCos = buf(N * half); tokSin = buf(N * half)
         tmp = buf(N * C)
         dx = buf(N * C); dxn = buf(N * C); dq = buf(N * qd); dk = buf(N * kvd); dv = buf(N * kvd); datt = buf(N * qd)
@@ -205,15 +220,18 @@ public final class LoRAModel {
                                                            headDim: cfg.headDim)))
         loraScratch = buf(loraBackwardScratchCount(rows: N, inChannels: maxIn, rank: rank, dropout: true))
         maskedInput = buf(N * maxIn)
-        let ints = UnsafeMutablePointer<Int>.allocate(capacity: 2 * N)
-        ints.initialize(repeating: 0, count: 2 * N)
+        let ints = UnsafeMutablePointer<Int>.allocate(capacity: 5 * N)
+        ints.initialize(repeating: 0, count: 5 * N)
         allocs.append(UnsafeMutableRawPointer(ints))
-        targetsBuf = ints; segBuf = ints + N
+        targetsBuf = ints; segBuf = ints + N; idsBuf = ints + 2 * N; headRows = ints + 3 * N; headTargets = ints + 4 * N
         mask = UnsafeMutablePointer<UInt8>.allocate(capacity: N * maxIn)
         mask.initialize(repeating: 1, count: N * maxIn)
         allocs.append(UnsafeMutableRawPointer(mask))
         allocations = allocs
-        workspace = NF4Workspace(capacity: max(1 << 18, 64 * maxIn))
+        // Room for the largest 4-bit weight dequantized whole (one sgemm per product), up to 16 MiB.
+        var largest = 0
+        for layer in weights.layers { for w in layer.linearWeights where w.quantizedTensor != nil { largest = max(largest, w.rows * w.cols) } }
+        workspace = NF4Workspace(capacity: max(1 << 18, 64 * maxIn, min(largest, 1 << 22)))
 
         let invFreq = LlamaModel.inverseFrequencies(cfg)
         for p in 0..<T {
@@ -296,8 +314,50 @@ public final class LoRAModel {
         }
     }
 
-    /// Logits [N, V] of the last `forward` (overwritten by the backward of `forwardBackward`).
+    /// Logits [batchSize, rowLength, V] of the last `forward` (rowLength = seqLen unless given).
+    /// `forwardBackward` does not materialize them (its fused LM head computes only trained rows).
     public var lastLogits: UnsafeBufferPointer<Float> {
         UnsafeBufferPointer(start: logits, count: N * config.vocabularySize)
+    }
+}
+
+/// Wall time of `LoRAModel.forward` / `forwardBackward` split by phase and op kind, accumulated over
+/// calls while attached as `LoRAModel.profile` (for benchmarks; timing costs ~50 ns per op).
+public final class LoRAStepProfile {
+    public enum Phase: Int, CaseIterable, Sendable { case forward, recompute, backward }
+    /// linear: frozen base products; lora: the adapter branch (and dropout masks); attention: the
+    /// attention core; elementwise: embedding, norms, RoPE, SwiGLU, residuals, buffer clears;
+    /// head: LM head and cross-entropy (forward and backward, counted in `forward` and `backward`).
+    public enum Kind: Int, CaseIterable, Sendable { case linear, lora, attention, elementwise, head }
+    private var nanos: [UInt64], cpuNanos: [UInt64]
+
+    public init() {
+        nanos = [UInt64](repeating: 0, count: Phase.allCases.count * Kind.allCases.count)
+        cpuNanos = nanos
+    }
+
+    /// Wall seconds spent in `kind` during `phase` since the last `reset`.
+    public func seconds(_ phase: Phase, _ kind: Kind) -> Double {
+        Double(nanos[phase.rawValue * Kind.allCases.count + kind.rawValue]) / 1e9
+    }
+
+    /// Process CPU seconds (all threads) spent in `kind` during `phase` since the last `reset`: a
+    /// measure that holds up when other processes share the cores (BLAS threads spinning count too).
+    public func cpuSeconds(_ phase: Phase, _ kind: Kind) -> Double {
+        Double(cpuNanos[phase.rawValue * Kind.allCases.count + kind.rawValue]) / 1e9
+    }
+
+    public func reset() { for i in nanos.indices { nanos[i] = 0; cpuNanos[i] = 0 } }
+
+    @inline(__always) func add(_ phase: Phase, _ kind: Kind, _ ns: UInt64, _ cpuNs: UInt64) {
+        nanos[phase.rawValue * Kind.allCases.count + kind.rawValue] &+= ns
+        cpuNanos[phase.rawValue * Kind.allCases.count + kind.rawValue] &+= cpuNs
+    }
+
+    /// CPU time of the whole process so far, in nanoseconds.
+    static func cpuNanoseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
     }
 }

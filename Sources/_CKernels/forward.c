@@ -62,6 +62,18 @@ static void gemv_portable(float *y, const float *w, const float *x, const float 
     }
 }
 
+// Cross-entropy of one row of logits, forward and backward in place (see qlora_cross_entropy_row).
+static double xent_row_portable(float *x, int64_t n, int64_t target, float scale) {
+    float m = x[0];
+    for (int64_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+    double xt = x[target], s = 0.0;
+    for (int64_t i = 0; i < n; i++) { x[i] = expf(x[i] - m); s += x[i]; }
+    float k = (float)((double)scale / s);
+    for (int64_t i = 0; i < n; i++) x[i] *= k;
+    x[target] -= scale;
+    return (double)m + log(s) - xt;
+}
+
 // ---------------------------------------------------------------------------------------------
 // AVX2 + FMA bodies.
 #if defined(__x86_64__)
@@ -225,6 +237,34 @@ AVX2 static void gemv_avx2(float *y, const float *w, const float *x, const float
     }
     if (r < rows) gemv_portable(y + r, w + r * cols, x, bias ? bias + r : 0, rows - r, cols);
 }
+AVX2 static double xent_row_avx2(float *x, int64_t n, int64_t target, float scale) {
+    int64_t i = 0;
+    __m256 vm = _mm256_set1_ps(x[0]);
+    for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
+    float m = hmax256(vm);
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    double xt = x[target], s = 0.0;
+    vm = _mm256_set1_ps(m);
+    i = 0;
+    // exp in place; 8-lane float partial sums flushed to double every 1024 elements
+    while (i + 8 <= n) {
+        __m256 acc = _mm256_setzero_ps();
+        int64_t stop = i + 1024 < n ? i + 1024 : n;
+        for (; i + 8 <= stop; i += 8) {
+            __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+            _mm256_storeu_ps(x + i, e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        s += hsum256(acc);
+    }
+    for (; i < n; i++) { x[i] = exp1(x[i] - m); s += x[i]; }
+    float k = (float)((double)scale / s);
+    __m256 vk = _mm256_set1_ps(k);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vk));
+    for (; i < n; i++) x[i] *= k;
+    x[target] -= scale;
+    return (double)m + log(s) - xt;
+}
 #define HAVE_AVX2_BODIES 1
 #endif
 
@@ -262,4 +302,10 @@ void qlora_exp(float *out, const float *x, int64_t n) {
 }
 void qlora_gemv_forward(float *y, const float *w, const float *x, const float *bias, int64_t rows, int64_t cols) {
     DISPATCH(gemv_avx2(y, w, x, bias, rows, cols), gemv_portable(y, w, x, bias, rows, cols));
+}
+double qlora_cross_entropy_row(float *x, int64_t n, int64_t target, float scale) {
+#if HAVE_AVX2_BODIES
+    if (use_avx2()) return xent_row_avx2(x, n, target, scale);
+#endif
+    return xent_row_portable(x, n, target, scale);
 }

@@ -78,20 +78,30 @@ func jsonString(_ object: Any) -> String {
 
 /// A LoRA adapter to apply on top of the base (generate, chat, perplexity).
 struct AdapterArguments: ParsableArguments {
-    @Option(help: "A PEFT LoRA adapter folder (adapter_model.safetensors + adapter_config.json), merged into the base.")
+    @Option(help: ArgumentHelp(
+        "A PEFT LoRA adapter folder (adapter_model.safetensors + adapter_config.json).",
+        discussion: "Over a 4-bit base (--quantize nf4/fp4/int4) the adapter is applied unmerged, as QLoRA does: "
+            + "y = W4(x) + scaling·B·A·x, with no float32 copy of the base. With --quantize none it is merged into "
+            + "the float32 weights (exact, no cost per token) unless --no-merge is given."))
     var adapter: String?
 
-    /// Loads the model and merges the adapter. Adapters are merged into float32 weights, so the
-    /// base is then loaded with --quantize none.
+    @Flag(help: "With --adapter over a float32 base: apply it unmerged instead of merging it into the weights.")
+    var noMerge = false
+
+    func validate() throws {
+        if noMerge && adapter == nil { throw ValidationError("--no-merge needs --adapter") }
+    }
+
+    /// Loads the model as `modelArguments` asks and applies the adapter, merged or unmerged (see
+    /// the help text). Notes how it was applied on standard error.
     func load(_ modelArguments: ModelArguments, defaultContextLength: Int? = nil) throws -> ModelBundle {
-        guard let adapter else { return try modelArguments.load(defaultContextLength: defaultContextLength) }
-        var base = modelArguments
-        if base.quantize != .none {
-            printError("note: --adapter is merged into float32 base weights; loading the base with --quantize none")
-            base.quantize = .none
-        }
-        let bundle = try base.load(defaultContextLength: defaultContextLength)
-        try bundle.mergeAdapter(directory: adapter)
+        let bundle = try modelArguments.load(defaultContextLength: defaultContextLength)
+        guard let adapter else { return bundle }
+        let (weights, application) = try bundle.applyAdapter(directory: adapter, merge: !noMerge)
+        let c = weights.config
+        let modules = Set(weights.layers.flatMap(\.keys)).sorted().joined(separator: ",")
+        printError("adapter \(adapter): rank \(c.r), scaling \(c.scaling), modules \(modules); "
+                   + "\(application.rawValue) over the \(bundle.quantization) base")
         return bundle
     }
 }

@@ -228,6 +228,81 @@ import Testing
         }
     }
 
+    /// The causal-block path (query blocks smaller than T, keys only up to the block's end and from its
+    /// first segment start) and the batched entry points equal the naive reference, row by row, in both
+    /// backward work splits ((row, kv head) items and per-row private accumulators).
+    @Test(arguments: [false, true])
+    func blockedBatchedAttentionMatchesNaive(segmented: Bool) {
+        let (T, heads, kvHeads, D, batch) = (13, 4, 2, 3, 3)
+        let qDim = heads * D, kvDim = kvHeads * D
+        let q = G.values(batch * T * qDim, seed: 61, scale: 1.5), k = G.values(batch * T * kvDim, seed: 62, scale: 1.5)
+        let v = G.values(batch * T * kvDim, seed: 63), dO = G.values(batch * T * qDim, seed: 64)
+        let rowSeg: [Int] = (0..<T).map { $0 < 5 ? 0 : ($0 < 9 ? 5 : 9) }
+        let seg: [Int]? = segmented ? Array((0..<batch).map { _ in rowSeg }.joined()) : nil
+        func row<E>(_ x: [E], _ b: Int, _ w: Int) -> [E] { Array(x[(b * T * w)..<((b + 1) * T * w)]) }
+        // Per-row reference: the naive forward, and the unblocked (block = T) backward of one row.
+        var refOut: [Double] = [], refDQ: [Double] = [], refDK: [Double] = [], refDV: [Double] = []
+        for b in 0..<batch {
+            let s = seg.map { row($0, b, 1) }
+            refOut += Self.naiveAttention(q: row(q, b, qDim), k: row(k, b, kvDim), v: row(v, b, kvDim), segmentStart: s,
+                                          T: T, heads: heads, kvHeads: kvHeads, D: D)
+            var dq = [Double](repeating: 0, count: T * qDim), dk = [Double](repeating: 0, count: T * kvDim), dv = dk
+            var scratch = [Double](repeating: 0, count: attentionBackwardScratchCount(tokens: T, heads: heads,
+                                                                                      kvHeads: kvHeads, headDim: D, threads: 1))
+            func run(_ sp: UnsafePointer<Int>?) {
+                attentionBackwardImpl(dQ: &dq, dK: &dk, dV: &dv, dOut: row(dO, b, qDim), q: row(q, b, qDim),
+                                      k: row(k, b, kvDim), v: row(v, b, kvDim), segmentStart: sp, scratch: &scratch,
+                                      tokens: T, heads: heads, kvHeads: kvHeads, headDim: D, threads: 1, block: T)
+            }
+            if let s { s.withUnsafeBufferPointer { run($0.baseAddress) } } else { run(nil) }
+            refDQ += dq; refDK += dk; refDV += dv
+        }
+        for (block, threads, rows) in [(4, 2, batch), (5, 1, batch), (3, 2, 1), (64, 2, batch)] {
+            // rows = 1 with 2 kv heads over 2 workers uses (row, kv head) items; 3 rows × 2 = 6 too; threads 2
+            // with kvHeads·rows odd would use private accumulators: checked below with kvHeads 2, rows 1… and
+            // the dedicated case (heads 4, kvHeads 1) after the loop.
+            let nq = rows * T * qDim, nkv = rows * T * kvDim
+            var out = [Double](repeating: .nan, count: nq)
+            var fs = [Double](repeating: 0, count: attentionTrainForwardScratchCount(tokens: T, heads: heads, threads: threads))
+            var dq = [Double](repeating: 0, count: nq), dk = [Double](repeating: 0, count: nkv), dv = dk
+            var bs = [Double](repeating: 0, count: attentionBackwardScratchCount(tokens: T, heads: heads, kvHeads: kvHeads,
+                                                                                 headDim: D, threads: threads))
+            func run(_ sp: UnsafePointer<Int>?) {
+                attentionTrainForwardImpl(out: &out, q: q, k: k, v: v, segmentStart: sp, scratch: &fs, tokens: T,
+                                          heads: heads, kvHeads: kvHeads, headDim: D, batch: rows, threads: threads,
+                                          block: block)
+                attentionBackwardImpl(dQ: &dq, dK: &dk, dV: &dv, dOut: dO, q: q, k: k, v: v, segmentStart: sp,
+                                      scratch: &bs, tokens: T, heads: heads, kvHeads: kvHeads, headDim: D, batch: rows,
+                                      threads: threads, block: block)
+            }
+            if let seg { seg.withUnsafeBufferPointer { run($0.baseAddress) } } else { run(nil) }
+            #expect(G.relativeError(out, Array(refOut[..<nq])) < 1e-12, "block \(block) threads \(threads)")
+            #expect(G.relativeError(dq, Array(refDQ[..<nq])) < 1e-12, "block \(block) threads \(threads)")
+            #expect(G.relativeError(dk, Array(refDK[..<nkv])) < 1e-12, "block \(block) threads \(threads)")
+            #expect(G.relativeError(dv, Array(refDV[..<nkv])) < 1e-12, "block \(block) threads \(threads)")
+        }
+        // Private-accumulator split (1 row × 1 kv head over 2 workers), blocked, against the same math.
+        do {
+            let (H, KH) = (4, 1), qd = H * D, kvd = KH * D
+            let q1 = Array(q[..<(T * qd)]), k1 = Array(k[..<(T * kvd)]), v1 = Array(v[..<(T * kvd)])
+            let dO1 = Array(dO[..<(T * qd)])
+            func back(block: Int, threads: Int) -> [Double] {
+                var dq = [Double](repeating: 0, count: T * qd), dk = [Double](repeating: 0, count: T * kvd), dv = dk
+                var bs = [Double](repeating: 0, count: attentionBackwardScratchCount(tokens: T, heads: H, kvHeads: KH,
+                                                                                     headDim: D, threads: threads))
+                func run(_ sp: UnsafePointer<Int>?) {
+                    attentionBackwardImpl(dQ: &dq, dK: &dk, dV: &dv, dOut: dO1, q: q1, k: k1, v: v1, segmentStart: sp,
+                                          scratch: &bs, tokens: T, heads: H, kvHeads: KH, headDim: D, threads: threads,
+                                          block: block)
+                }
+                let s = seg.map { Array($0[..<T]) }
+                if let s { s.withUnsafeBufferPointer { run($0.baseAddress) } } else { run(nil) }
+                return dq + dk + dv
+            }
+            #expect(G.relativeError(back(block: 4, threads: 2), back(block: T, threads: 1)) < 1e-12)
+        }
+    }
+
     // MARK: LoRA
 
     @Test(arguments: [false, true])
@@ -358,6 +433,34 @@ import Testing
                                  rows: T, vocab: V)
         }
         #expect(G.relativeError(fl, d) < Self.floatTolerance)
+    }
+
+    /// The fused in-place forward + backward equals crossEntropyForward then crossEntropyBackward
+    /// (AVX2 and portable bodies; rows longer than the 1024-element flush of the vector sum).
+    @Test func fusedCrossEntropyEqualsForwardThenBackward() throws {
+        let (T, V) = (6, 3001)
+        let targets = [3, -100, 0, 3000, 1500, -100]
+        let logits = G.float(G.values(T * V, seed: 35, scale: 6))
+        var refLosses = [Float](repeating: .nan, count: T)
+        let (refSum, refCount) = try crossEntropyForward(losses: &refLosses, logits: logits, targets: targets, rows: T, vocab: V)
+        var refD = [Float](repeating: .nan, count: T * V)
+        crossEntropyBackward(dLogits: &refD, logits: logits, targets: targets, scale: 0.25, rows: T, vocab: V)
+        for portable in [false, true] {
+            forcePortableKernels(portable)
+            defer { forcePortableKernels(false) }
+            var x = logits, losses = [Float](repeating: .nan, count: T)
+            let (sum, count) = try crossEntropyForwardBackward(logits: &x, losses: &losses, targets: targets, scale: 0.25,
+                                                              rows: T, vocab: V)
+            #expect(count == refCount && abs(sum - refSum) < 1e-5 * abs(refSum))
+            #expect(zip(losses, refLosses).allSatisfy { abs($0 - $1) < 1e-5 * max(1, abs($1)) })
+            #expect(zip(x, refD).allSatisfy { abs($0 - $1) < 1e-7 }, "portable \(portable)")
+            #expect(x[V ..< 2 * V].allSatisfy { $0 == 0 })
+        }
+        var bad = logits, l = [Float](repeating: 0, count: T)
+        #expect(throws: CrossEntropyError.self) {
+            try crossEntropyForwardBackward(logits: &bad, losses: &l, targets: [0, 0, 0, V, 0, 0], scale: 1, rows: T, vocab: V)
+        }
+        #expect(bad == logits)
     }
 
     @Test func crossEntropyIsStableForHugeLogitsAndRejectsBadTargets() throws {

@@ -342,3 +342,94 @@ public final class AdamW {
         step = s.step
     }
 }
+
+// MARK: - State files (checkpoints)
+
+extension AdamW {
+    /// Writes the state as a safetensors file (atomically, fsynced): per parameter `names[i]`,
+    /// `<name>.exp_avg` / `<name>.exp_avg_sq` (F32) for 32-bit states, or `<name>.exp_avg.codes` /
+    /// `<name>.exp_avg_sq.codes` (U8) with `<name>.exp_avg.absmax` / `<name>.exp_avg_sq.absmax` (F32)
+    /// for 8-bit ones. The metadata holds the step and the configuration (`adamw.*` keys).
+    public func writeState(to path: String, names: [String]) throws {
+        guard names.count == sizes.count, Set(names).count == names.count else {
+            throw OptimizerError.mismatch(field: "state tensor names", value: "\(names.count) (\(Set(names).count) distinct)",
+                                          expected: "\(sizes.count) distinct names")
+        }
+        var w = SafetensorsWriter(metadata: stateMetadata())
+        let s = state()
+        for (i, p) in s.parameters.enumerated() {
+            let n = sizes[i]
+            if let m = p.m, let v = p.v {
+                try w.add(names[i] + ".exp_avg", shape: [n], float32: m)
+                try w.add(names[i] + ".exp_avg_sq", shape: [n], float32: v)
+            } else if let c1 = p.codes1, let c2 = p.codes2, let a1 = p.absmax1, let a2 = p.absmax2 {
+                try w.add(names[i] + ".exp_avg.codes", dtype: .u8, shape: [n], bytes: c1)
+                try w.add(names[i] + ".exp_avg_sq.codes", dtype: .u8, shape: [n], bytes: c2)
+                try w.add(names[i] + ".exp_avg.absmax", shape: [a1.count], float32: a1)
+                try w.add(names[i] + ".exp_avg_sq.absmax", shape: [a2.count], float32: a2)
+            }
+        }
+        try w.write(to: path)
+    }
+
+    /// The metadata `writeState` stores; `readState` requires the same values.
+    func stateMetadata() -> [String: String] {
+        func bits(_ x: Double) -> String { String(x.bitPattern, radix: 16) }
+        return ["format": "swift-qlora-adamw", "adamw.step": String(step), "adamw.state_bits": String(config.stateBits),
+                "adamw.block_size": String(config.blockSize), "adamw.min_8bit_size": String(config.min8BitSize),
+                "adamw.beta1_bits": bits(config.beta1), "adamw.beta2_bits": bits(config.beta2), "adamw.eps_bits": bits(config.eps),
+                "adamw.parameter_count": String(sizes.count)]
+    }
+
+    /// Restores a state written by `writeState` for the same parameter names, sizes and state layout
+    /// (learning-rate-free settings such as weight decay and clipping may differ). Throws
+    /// `OptimizerError.mismatch` naming the file and the field.
+    public func readState(from path: String, names: [String]) throws {
+        let file = try SafetensorsFile(path: path)
+        let expected = stateMetadata()
+        for key in ["format", "adamw.state_bits", "adamw.block_size", "adamw.min_8bit_size", "adamw.beta1_bits",
+                    "adamw.beta2_bits", "adamw.eps_bits", "adamw.parameter_count"] where file.metadata[key] != expected[key] {
+            throw OptimizerError.mismatch(field: "\(path): __metadata__.\(key)", value: file.metadata[key] ?? "missing",
+                                          expected: expected[key]!)
+        }
+        guard let stepText = file.metadata["adamw.step"], let savedStep = Int(stepText), savedStep >= 0 else {
+            throw OptimizerError.mismatch(field: "\(path): __metadata__.adamw.step", value: file.metadata["adamw.step"] ?? "missing",
+                                          expected: "a step count ≥ 0")
+        }
+        guard names.count == sizes.count else {
+            throw OptimizerError.mismatch(field: "state tensor names", value: String(names.count), expected: String(sizes.count))
+        }
+        func floats(_ name: String, _ count: Int) throws -> [Float] {
+            guard file.contains(name) else { throw OptimizerError.mismatch(field: "\(path): tensor \(name)", value: "missing", expected: "F32 [\(count)]") }
+            let info = try file.info(name)
+            guard info.dtype == .f32, info.shape == [count] else {
+                throw OptimizerError.mismatch(field: "\(path): tensor \(name)", value: "\(info.dtype.rawValue) \(info.shape)", expected: "F32 [\(count)]")
+            }
+            let raw = try file.rawBytes(name)
+            return [Float](unsafeUninitializedCapacity: count) { buf, done in
+                UnsafeMutableRawBufferPointer(buf).copyMemory(from: raw); done = count
+            }
+        }
+        func bytes(_ name: String, _ count: Int) throws -> [UInt8] {
+            guard file.contains(name) else { throw OptimizerError.mismatch(field: "\(path): tensor \(name)", value: "missing", expected: "U8 [\(count)]") }
+            let info = try file.info(name)
+            guard info.dtype == .u8, info.shape == [count] else {
+                throw OptimizerError.mismatch(field: "\(path): tensor \(name)", value: "\(info.dtype.rawValue) \(info.shape)", expected: "U8 [\(count)]")
+            }
+            return Array(try file.rawBytes(name))
+        }
+        var params: [AdamWState.Parameter] = []
+        for (i, n) in sizes.enumerated() {
+            if eightBit[i] {
+                let nb = (n + config.blockSize - 1) / config.blockSize
+                params.append(AdamWState.Parameter(codes1: try bytes(names[i] + ".exp_avg.codes", n),
+                                                   codes2: try bytes(names[i] + ".exp_avg_sq.codes", n),
+                                                   absmax1: try floats(names[i] + ".exp_avg.absmax", nb),
+                                                   absmax2: try floats(names[i] + ".exp_avg_sq.absmax", nb)))
+            } else {
+                params.append(AdamWState.Parameter(m: try floats(names[i] + ".exp_avg", n), v: try floats(names[i] + ".exp_avg_sq", n)))
+            }
+        }
+        try restore(AdamWState(step: savedStep, parameters: params))
+    }
+}

@@ -38,4 +38,9 @@ void qlora_exp(float *out, const float *x, int64_t n);
 /// y[r] = W[r, :] · x (+ bias[r]) for r < rows; W is [rows, cols] row-major (ld = cols). bias may be NULL.
 void qlora_gemv_forward(float *y, const float *w, const float *x, const float *bias, int64_t rows, int64_t cols);
 
+/// Cross-entropy of one row of n logits x against `target` (0 ≤ target < n), forward and backward in
+/// one pass, IN PLACE: returns the loss logsumexp(x) − x[target] (max-subtracted, sum in double) and
+/// leaves x = scale · (softmax(x) − onehot(target)).
+double qlora_cross_entropy_row(float *x, int64_t n, int64_t target, float scale);
+
 #endif

@@ -1,0 +1,98 @@
+import ArgumentParser
+import Foundation
+import QLoRA
+
+struct PlanCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "plan",
+        abstract: "Predict the peak memory and the time per step of a training run before starting it.",
+        discussion: "Reads only the model's metadata. The prediction covers the training step (loading transients excluded); with --max-memory it also picks the largest batch size (and whether to checkpoint) that fits.")
+
+    @Option(help: "A .gguf file or a Hugging Face model folder.") var model: String?
+    @Option(help: "Instead of --model: llama-7b, llama-13b or llama-33b.") var synthetic: SyntheticModelShape?
+    @Option(help: "How the base's linear weights are held: nf4, fp4, int4 or none.") var quantize: QuantizationPolicy.Kind = .nf4
+    @Flag(help: "One float32 absmax per block (no double quantization).") var noDoubleQuant = false
+    @Option(help: "Weights per 4-bit block.") var blocksize: Int = 64
+    @Option(help: "Tokens per row.") var seqLen: Int = 512
+    @Option(help: "Rows per micro-batch.") var batchSize: Int = 1
+    @Option(help: "LoRA rank.") var loraRank: Int = 16
+    @Flag(help: "Keep every layer's activations (faster, more memory).") var noGradCheckpoint = false
+    @Option(help: "adamw, adamw-8bit or paged-adamw.") var optimizer: TrainerOptions.Optimizer = .adamw
+    @Option(help: "A memory budget such as 6GB, 6GiB or 800MB: report the largest batch size (≤ --batch-size) and checkpointing that fit.")
+    var maxMemory: String?
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func validate() throws {
+        if (model == nil) == (synthetic == nil) { throw ValidationError("give exactly one of --model and --synthetic") }
+        if seqLen < 2 { throw ValidationError("--seq-len must be ≥ 2 (got \(seqLen))") }
+        if batchSize < 1 { throw ValidationError("--batch-size must be ≥ 1 (got \(batchSize))") }
+        if loraRank < 1 { throw ValidationError("--lora-rank must be ≥ 1 (got \(loraRank))") }
+        if let m = maxMemory, PlanCommand.parseBytes(m) == nil {
+            throw ValidationError("--max-memory: cannot read '\(m)' (expected e.g. 6GB, 6GiB, 800MB)")
+        }
+    }
+
+    /// "6GB" / "6G" / "6GiB" → bytes (GB and G are taken as GiB, as memory is usually quoted), "800MB" …
+    static func parseBytes(_ text: String) -> Int? {
+        let t = text.trimmingCharacters(in: .whitespaces).uppercased()
+        let units: [(String, Double)] = [("GIB", 1 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10), ("GB", 1 << 30), ("MB", 1 << 20),
+                                         ("KB", 1 << 10), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10), ("B", 1)]
+        for (u, f) in units where t.hasSuffix(u) {
+            guard let v = Double(t.dropLast(u.count).trimmingCharacters(in: .whitespaces)), v > 0 else { return nil }
+            return Int(v * f)
+        }
+        guard let v = Double(t), v > 0 else { return nil }
+        return Int(v)
+    }
+
+    func run() throws {
+        let config: LlamaConfig, separate: Bool, name: String
+        if let s = synthetic {
+            config = s.config; separate = true; name = "synthetic \(s.rawValue)"
+        } else {
+            (config, separate) = try MemoryPlan.modelShape(path: model!)
+            name = model!
+        }
+        let policy = QuantizationPolicy(quantType: quantize, doubleQuant: !noDoubleQuant, blocksize: blocksize)
+        let base = MemoryPlan.baseBytes(config: config, policy: policy, separateLMHead: separate)
+        let options = MemoryPlanOptions(batchSize: batchSize, seqLen: seqLen, rank: loraRank,
+                                        gradientCheckpointing: !noGradCheckpoint,
+                                        optimizerStateBits: optimizer == .adamw8bit ? 8 : 32)
+        let plan = MemoryPlan.estimate(config: config, baseBytes: base, options: options, quantizedBase: policy.isQuantized)
+        var fit: (batchSize: Int, gradientCheckpointing: Bool)? = nil
+        let budget = maxMemory.flatMap(PlanCommand.parseBytes)
+        if let budget {
+            fit = MemoryPlan.fit(budget: budget, config: config, baseBytes: base, options: options, maxBatchSize: batchSize,
+                                 quantizedBase: policy.isQuantized)
+        }
+        if json {
+            var out: [String: Any] = ["model": name, "seq_len": seqLen, "batch_size": batchSize, "lora_rank": loraRank,
+                                      "grad_checkpoint": !noGradCheckpoint, "peak_rss_bytes": plan.peakBytes,
+                                      "seconds_per_step": plan.secondsPerStep, "tokens_per_second": plan.tokensPerSecond,
+                                      "flops_per_step": plan.flopsPerStep,
+                                      "items": plan.items.map { ["name": $0.name, "bytes": $0.bytes] }]
+            if let budget {
+                out["max_memory_bytes"] = budget
+                if let fit { out["fit"] = ["batch_size": fit.batchSize, "grad_checkpoint": fit.gradientCheckpointing] }
+                else { out["fit"] = NSNull() }
+            }
+            print(jsonString(out))
+            return
+        }
+        print("\(name): seq \(seqLen), batch \(batchSize), rank \(loraRank), checkpointing \(noGradCheckpoint ? "off" : "on")")
+        for item in plan.items {
+            print("  " + item.name.padding(toLength: 42, withPad: " ", startingAt: 0)
+                  + String(format: "%10.1f MiB", Double(item.bytes) / Double(1 << 20)))
+        }
+        print(String(format: "predicted peak RSS %.2f GiB, %.2f s/step (%.0f tokens/s, %.2f TFLOP/step)",
+                     Double(plan.peakBytes) / Double(1 << 30), plan.secondsPerStep, plan.tokensPerSecond, plan.flopsPerStep / 1e12))
+        if let budget {
+            if let fit {
+                print("fits \(maxMemory!) (\(budget) bytes): batch size \(fit.batchSize), gradient checkpointing \(fit.gradientCheckpointing ? "on" : "off")")
+            } else {
+                print("does not fit \(maxMemory!) (\(budget) bytes) even at batch 1 with gradient checkpointing")
+                throw ExitCode(2)
+            }
+        }
+    }
+}
