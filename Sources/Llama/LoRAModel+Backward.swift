@@ -135,6 +135,17 @@ extension LoRAModel {
         return z ^ (z >> 32)
     }
 
+    /// mask [N, in] for (step, layer, target): element (b, t, c) gets the keep bit of index
+    /// (b·seqLen + t)·in + c, so a shorter rowLength sees the same masks as the full rows.
+    private func fillDropoutMask(layer l: Int, target: LoRATarget, inChannels C: Int) {
+        let seed = maskSeed(layer: l, target: target), R = rowLength
+        if R == seqLen { loraDropoutMask(mask: mask, count: N * C, p: dropout, seed: seed); return }
+        for b in 0..<batchSize {
+            let skip = UInt64(b * seqLen * C) &* 0x9E3779B97F4A7C15       // loraDropoutMask's index stride
+            loraDropoutMask(mask: mask + b * R * C, count: R * C, p: dropout, seed: seed &+ skip)
+        }
+    }
+
     /// out[N, out] = W inp (+bias) + LoRA.
     private func linear(_ w: LinearWeight, bias: UnsafePointer<Float>?, target: LoRATarget, layer l: Int,
                         out: UnsafeMutablePointer<Float>, inp: UnsafeMutablePointer<Float>,
@@ -143,10 +154,7 @@ extension LoRAModel {
         guard let ad = adapters[l][target.index] else { return }
         timed(.lora) {
             var m: UnsafePointer<UInt8>? = nil
-            if dropoutOn {
-                loraDropoutMask(mask: mask, count: N * ad.inp, p: dropout, seed: maskSeed(layer: l, target: target))
-                m = UnsafePointer(mask)
-            }
+            if dropoutOn { fillDropoutMask(layer: l, target: target, inChannels: ad.inp); m = UnsafePointer(mask) }
             loraForward(out: out, h: h + target.index * N * rank, maskedInput: maskedInput, inp: inp, mask: m,
                         dropout: dropout, a: ad.a, b: ad.b, scale: scale, rows: N, inChannels: ad.inp,
                         outChannels: ad.out, rank: rank)
@@ -170,10 +178,7 @@ extension LoRAModel {
         guard let ad = adapters[l][target.index] else { return }
         timed(.lora) {
             var m: UnsafePointer<UInt8>? = nil
-            if dropoutOn {
-                loraDropoutMask(mask: mask, count: N * ad.inp, p: dropout, seed: maskSeed(layer: l, target: target))
-                m = UnsafePointer(mask)
-            }
+            if dropoutOn { fillDropoutMask(layer: l, target: target, inChannels: ad.inp); m = UnsafePointer(mask) }
             loraBackward(dInp: dInp, dA: ad.da, dB: ad.db, dOut: dOut, inp: inp, mask: m, dropout: dropout,
                          h: h + target.index * N * rank, a: ad.a, b: ad.b, scale: scale, scratch: loraScratch,
                          rows: N, inChannels: ad.inp, outChannels: ad.out, rank: rank)

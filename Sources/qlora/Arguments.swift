@@ -102,6 +102,10 @@ struct AdapterArguments: ParsableArguments {
         let modules = Set(weights.layers.flatMap(\.keys)).sorted().joined(separator: ",")
         printError("adapter \(adapter): rank \(c.r), scaling \(c.scaling), modules \(modules); "
                    + "\(application.rawValue) over the \(bundle.quantization) base")
+        if let mismatch = try bundle.adapterBaseMismatch(weights) {
+            printError("warning: \(adapter) was trained on a base with content hash \(mismatch.adapter), "
+                       + "but \(bundle.path) has \(mismatch.base); the adapter may not fit this model")
+        }
         return bundle
     }
 }

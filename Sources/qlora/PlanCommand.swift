@@ -35,8 +35,9 @@ struct PlanCommand: ParsableCommand {
     /// "6GB" / "6G" / "6GiB" → bytes (GB and G are taken as GiB, as memory is usually quoted), "800MB" …
     static func parseBytes(_ text: String) -> Int? {
         let t = text.trimmingCharacters(in: .whitespaces).uppercased()
-        let units: [(String, Double)] = [("GIB", 1 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10), ("GB", 1 << 30), ("MB", 1 << 20),
-                                         ("KB", 1 << 10), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10), ("B", 1)]
+        let g = 1_073_741_824.0, m = 1_048_576.0, k = 1024.0
+        let units: [(String, Double)] = [("GIB", g), ("MIB", m), ("KIB", k), ("GB", g), ("MB", m), ("KB", k),
+                                         ("G", g), ("M", m), ("K", k), ("B", 1)]
         for (u, f) in units where t.hasSuffix(u) {
             guard let v = Double(t.dropLast(u.count).trimmingCharacters(in: .whitespaces)), v > 0 else { return nil }
             return Int(v * f)

@@ -221,9 +221,13 @@ enum TrainConfigFile {
             return previous[b.count]
         }
         let k = Array(key)
-        let best = candidates.map { ($0, distance(k, Array($0))) }.min { $0.1 < $1.1 || ($0.1 == $1.1 && $0.0 < $1.0) }
-        guard let best, best.1 <= max(2, key.count / 4) else { return nil }
-        return best.0
+        var best: (name: String, distance: Int)?
+        for name in candidates.sorted() {
+            let d = distance(k, Array(name))
+            if best == nil || d < best!.distance { best = (name, d) }
+        }
+        guard let best, best.distance <= max(2, key.count / 4) else { return nil }
+        return best.name
     }
 }
 

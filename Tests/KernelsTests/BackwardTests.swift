@@ -258,9 +258,7 @@ import Testing
             refDQ += dq; refDK += dk; refDV += dv
         }
         for (block, threads, rows) in [(4, 2, batch), (5, 1, batch), (3, 2, 1), (64, 2, batch)] {
-            // rows = 1 with 2 kv heads over 2 workers uses (row, kv head) items; 3 rows × 2 = 6 too; threads 2
-            // with kvHeads·rows odd would use private accumulators: checked below with kvHeads 2, rows 1… and
-            // the dedicated case (heads 4, kvHeads 1) after the loop.
+            // All four use (row, kv head) work items (rows·kvHeads divides over the workers).
             let nq = rows * T * qDim, nkv = rows * T * kvDim
             var out = [Double](repeating: .nan, count: nq)
             var fs = [Double](repeating: 0, count: attentionTrainForwardScratchCount(tokens: T, heads: heads, threads: threads))

@@ -224,6 +224,55 @@ private func flatGradients(_ m: LoRAModel) -> [Float] { m.gradients.flatMap { Ar
         #expect(history.last! < history.first! - 0.1, "\(history)")
     }
 
+    /// Computing only the first rowLength positions of each row (padding dropped, inferred from the
+    /// labels or given) gives the loss and gradients of the full-length step; forward's logits are the
+    /// full ones' first rows; a trained label beyond rowLength is rejected.
+    @Test func shorterRowLengthGivesTheFullLengthResult() throws {
+        let cfg = try tinyConfig()
+        let weights = tinyWeights(cfg, seed: 31)
+        let B = 2, T = 16, V = cfg.vocabularySize
+        var rng = LoRARandom(seed: 32)
+        let ids = (0..<(B * T)).map { _ in Int(rng.next() % UInt64(V)) }   // "padding" is random too
+        var labels = [Int](repeating: -100, count: B * T)
+        for t in 2..<5 { labels[t] = ids[t] }                 // row 0: 5 real tokens, 2 prompt
+        for t in 1..<9 { labels[T + t] = ids[T + t] }         // row 1: 9 real tokens
+        var results: [(Double, Int, [Float])] = []
+        for ckpt in [true, false] {
+            for rowLength in [T, nil, 9] {
+                let m = try LoRAModel(weights: weights, batchSize: B, seqLen: T, rank: 3, alpha: 6, dropout: 0.1, seed: 4,
+                                      gradientCheckpointing: ckpt)
+                randomizeB(m, seed: 6)
+                if rowLength == nil { #expect(m.inferredRowLength(labels: labels) == 8) }
+                let r = try m.forwardBackward(inputIds: ids, labels: labels, lossScale: 0.1, rowLength: rowLength)
+                results.append((r.lossSum, r.tokenCount, flatGradients(m)))
+            }
+        }
+        let ref = results[0]
+        #expect(ref.1 == 3 + 8 - 1 && ref.0 > 0)
+        for r in results.dropFirst() {
+            #expect(r.1 == ref.1)
+            #expect(abs(r.0 - ref.0) < 1e-5 * ref.0)
+            #expect(maxAbsDiff(r.2, ref.2) < 1e-5 * max(1, ref.2.map { abs($0) }.max()!))
+        }
+        let m = try LoRAModel(weights: weights, batchSize: B, seqLen: T, rank: 3, alpha: 6, seed: 4)
+        randomizeB(m, seed: 6)
+        _ = try m.forward(inputIds: ids, labels: labels)
+        let full = Array(m.lastLogits)
+        let short = try m.forward(inputIds: ids, labels: labels, rowLength: 8)
+        #expect(short.tokenCount == ref.1)
+        let part = Array(m.lastLogits)
+        #expect(part.count == B * 8 * V)
+        for b in 0..<B {
+            #expect(maxAbsDiff(Array(part[(b * 8 * V)..<((b + 1) * 8 * V)]), Array(full[(b * T * V)..<((b * T + 8) * V)])) < 1e-5)
+        }
+        #expect(throws: LlamaError.self) {
+            try m.forwardBackward(inputIds: ids, labels: labels, lossScale: 1, rowLength: 7)
+        }
+        #expect(throws: LlamaError.self) {
+            try m.forwardBackward(inputIds: ids, labels: labels, lossScale: 1, rowLength: T + 1)
+        }
+    }
+
     /// PEFT names and shapes, and export → import round trip.
     @Test func adapterTensorsRoundTrip() throws {
         let cfg = try tinyConfig()

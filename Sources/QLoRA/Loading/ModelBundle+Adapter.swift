@@ -156,4 +156,13 @@ extension ModelBundle {
         try attach(adapter, parts, directory: directory)
         return (adapter, .unmerged)
     }
+
+    /// When the adapter records the content hash of the base it was trained on
+    /// (`swift_qlora.base_model_hash`) and it differs from this bundle's `contentHash()`, both
+    /// hashes; nil when they agree or the adapter records none. Reads the model's files.
+    public func adapterBaseMismatch(_ adapter: LoRAAdapterWeights) throws -> (adapter: String, base: String)? {
+        guard let expected = adapter.config.baseModelHash else { return nil }
+        let actual = try contentHash()
+        return expected == actual ? nil : (expected, actual)
+    }
 }
