@@ -60,6 +60,7 @@ final class ProgressDisplay: @unchecked Sendable {
             lastCheckpoint = directory
             message("step \(step)  checkpoint saved to \(directory)")
         case let .stopped(step, reason):
+            finish()   // the last step's line stays above the closing messages
             stopReason = (step, reason)
             switch reason {
             case .interrupted:
@@ -69,6 +70,7 @@ final class ProgressDisplay: @unchecked Sendable {
                                step, totalSteps, bestStep, bestLoss))
             }
         case let .saved(directory):
+            finish()
             savedDirectory = directory
             message("wrote adapter to \(directory)")
         }

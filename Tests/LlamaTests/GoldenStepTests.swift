@@ -5,7 +5,9 @@
 // tensors after each of 5 torch.optim.AdamW / bitsandbytes AdamW8bit steps with clip_grad_norm_(0.3)).
 // The golden step: the same 4-bit weights (read from the file, not requantized), the same adapter and the
 // same batch (a packed row with a position reset, a right-padded row, −100 labels) must give the same
-// numbers in LoRAModel + AdamW.
+// numbers in LoRAModel + AdamW. The script picks lora_B's seed so that no element of the first clipped
+// gradient lies within 5·eps of zero: Adam's first update lr·g/(|g| + eps) has derivative lr/eps = 1e6
+// there, which would turn float32 summation noise into 1e-4 parameter differences on either side.
 import Foundation
 import Testing
 import _TestSupport
@@ -127,7 +129,7 @@ private func relativeFrobenius(_ a: [Float], _ b: [Float]) -> Double {
         model.zeroGradients()
         let r = try model.forwardBackward(inputIds: golden.ids, labels: golden.labels, segmentStarts: golden.segmentStarts,
                                           lossScale: 1 / Float(tokens))
-        #expect(r.lossSum == f.lossSum)
+        #expect(abs(r.lossSum - f.lossSum) <= 1e-6 * f.lossSum)  // same loss (the fused CE may sum in another order)
         let names = model.adapterTensors().map(\.name)
         let grads = model.gradients.map { Array($0) }
         #expect(names.count == 2 * 7 * 2)
@@ -171,14 +173,24 @@ private func relativeFrobenius(_ a: [Float], _ b: [Float]) -> Double {
             let norm = try optimizer.step(parameters: model.parameters, gradients: model.gradients, lr: 1e-2)
             let normRel = abs(norm - Double(refNorms[s])) / Double(refNorms[s])
             #expect(normRel <= 1e-5, "\(prefix) step \(s + 1): gradient norm \(norm) vs \(refNorms[s])")
-            var worst: Float = 0, worstRel = 0.0
+            // 32-bit: every element within 5e-6 (observed ≤ 1.9e-6: float32 noise of the gradients, ~1e-6
+            // relative, passed through m/√v). 8-bit: the same, except that a state value lying within that
+            // noise of a midpoint between two codes may round to the neighbouring code on one side (bitsandbytes'
+            // quantization rounds to the nearest code, as ours): such an element's update then differs by up to
+            // one code step of m or v (≤ lr/8 per step); at most 0.1% of elements may do so.
+            var worst: Float = 0, worstRel = 0.0, beyond = 0, total = 0
             for (name, p) in zip(names, model.parameters) {
                 let want = try golden.floats("\(prefix).step\(s + 1).\(name)")
-                let d = maxAbsDifference(Array(p), want)
-                worst = max(worst, d); worstRel = max(worstRel, relativeFrobenius(Array(p), want))
-                #expect(d <= 2e-5, "\(prefix) step \(s + 1) \(name): max |Δ| \(d)")
+                let have = Array(p)
+                let d = maxAbsDifference(have, want)
+                worst = max(worst, d); worstRel = max(worstRel, relativeFrobenius(have, want))
+                beyond += zip(have, want).filter { abs($0 - $1) > 5e-6 }.count
+                total += have.count
+                if stateBits == 32 { #expect(d <= 5e-6, "\(prefix) step \(s + 1) \(name): max |Δ| \(d)") }
+                else { #expect(d <= max(5e-6, 1.25e-3 * Float(s)), "\(prefix) step \(s + 1) \(name): max |Δ| \(d)") }
             }
-            report.append("step \(s + 1): loss rel \(lossRel), norm rel \(normRel), params max |Δ| \(worst), rel \(worstRel)")
+            if stateBits == 8 { #expect(beyond * 1000 <= total, "\(prefix) step \(s + 1): \(beyond) of \(total) elements beyond 5e-6") }
+            report.append("step \(s + 1): loss rel \(lossRel), norm rel \(normRel), params max |Δ| \(worst) (\(beyond) beyond 5e-6), worst relative Frobenius \(worstRel)")
         }
         print("golden \(prefix):\n  " + report.joined(separator: "\n  "))
     }

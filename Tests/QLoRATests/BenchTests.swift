@@ -14,9 +14,12 @@ import _TestSupport
     @Test func publishedShapes() {
         let c7 = SyntheticModelShape.llama7b.config, c13 = SyntheticModelShape.llama13b.config
         let c33 = SyntheticModelShape.llama33b.config
-        #expect([c7.hiddenSize, c7.intermediateSize, c7.layerCount, c7.headCount, c7.vocabularySize] == [4096, 11008, 32, 32, 32000])
-        #expect([c13.hiddenSize, c13.intermediateSize, c13.layerCount, c13.headCount] == [5120, 13824, 40, 40])
-        #expect([c33.hiddenSize, c33.intermediateSize, c33.layerCount, c33.headCount, c33.headDim] == [6656, 17920, 60, 52, 128])
+        let s7: [Int] = [c7.hiddenSize, c7.intermediateSize, c7.layerCount, c7.headCount, c7.vocabularySize]
+        let s13: [Int] = [c13.hiddenSize, c13.intermediateSize, c13.layerCount, c13.headCount]
+        let s33: [Int] = [c33.hiddenSize, c33.intermediateSize, c33.layerCount, c33.headCount, c33.headDim]
+        #expect(s7 == [4096, 11008, 32, 32, 32000])
+        #expect(s13 == [5120, 13824, 40, 40])
+        #expect(s33 == [6656, 17920, 60, 52, 128])
         // 6.74 B parameters for LLaMA-7B (untied head), as published.
         let params = BaseMemoryReport.estimate(config: c7, separateLMHead: true, policy: .nf4).totalParameters
         #expect(abs(Double(params) - 6.738e9) < 0.01e9)
@@ -45,7 +48,8 @@ import _TestSupport
         // A plain forward of the synthetic model gives finite logits.
         let model = try LlamaModel(config: cfg, weights: a, maxContext: 16)
         let logits = try model.forward(tokens: [1, 5, 9, 2], startPosition: 0, logits: .all)
-        #expect(logits.allSatisfy(\.isFinite))
+        let finite = logits.allSatisfy { $0.isFinite }
+        #expect(finite)
     }
 
     @Test func planBaseBytesFromShapesMatchesHeldTensors() throws {

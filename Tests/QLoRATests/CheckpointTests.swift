@@ -8,7 +8,7 @@ import Testing
 import _TestSupport
 @testable import QLoRA
 
-@Suite struct CheckpointTests {
+@Suite(.serialized) struct CheckpointTests {
     let helper = TrainerTests()
 
     static func bytes(_ path: String) throws -> [UInt8] {

@@ -36,7 +36,8 @@ import _TestSupport
         let peft = try SafetensorsFile(path: Fixtures.path("fuse/merged-f32.safetensors"))
         #expect(ours.tensorNames.sorted() == peft.tensorNames.sorted())   // tied: no lm_head.weight
         for name in peft.tensorNames {
-            #expect(try ours.dtype(name) == .f32)
+            let dt = try ours.dtype(name)
+            #expect(dt == .f32)
             let d = maxDifference(try floats(ours, name), try floats(peft, name))
             #expect(d <= 1e-6, "\(name): max |ours − PEFT| = \(d)")
         }
@@ -71,7 +72,8 @@ import _TestSupport
         let peft32 = try SafetensorsFile(path: Fixtures.path("fuse/merged-f32.safetensors"))
         var differing = 0, total = 0
         for name in torch.tensorNames {
-            #expect(try ours.dtype(name) == (dtype == .float16 ? .f16 : .bf16))
+            let dt = try ours.dtype(name)
+            #expect(dt == (dtype == .float16 ? SafetensorsDType.f16 : .bf16))
             let theirs = Array(try torch.rawBytes(name))
             #expect(dtype.encode(try floats(peft32, name)) == theirs, "\(name): our rounding of PEFT's float32 merge ≠ torch's")
             let mine = Array(try ours.rawBytes(name))
@@ -101,8 +103,10 @@ import _TestSupport
         #expect(drift.maxAbs < 1e-4, "drift \(drift.maxAbs)")
         let ours = try SafetensorsFile(path: out + "/model.safetensors")
         let source = try SafetensorsFile(path: base + "/model.safetensors")
-        #expect(try floats(ours, "model.embed_tokens.weight") == (try floats(source, "model.embed_tokens.weight")))
-        #expect(try floats(ours, "model.layers.1.input_layernorm.weight") == (try floats(source, "model.layers.1.input_layernorm.weight")))
+        for name in ["model.embed_tokens.weight", "model.layers.1.input_layernorm.weight"] {
+            let a = try floats(ours, name), b = try floats(source, name)
+            #expect(a == b, "\(name)")
+        }
         let lora = try AdapterFile.read(directory: adapter)
         let scale = Float(lora.config.scaling)
         for (layer, module, group) in [(0, "q_proj", "self_attn"), (1, "down_proj", "mlp")] {
@@ -145,9 +149,8 @@ import _TestSupport
         #expect(file.metadata["tokenizer.ggml.eos_token_id"]?.int == 2)
         #expect(file.metadata["tokenizer.chat_template"]?.string?.contains("<|im_start|>") == true)
         #expect(file.tensorInfos.count == 20 && !file.contains("output.weight"))
-        #expect(try file.tensorInfo("blk.0.attn_norm.weight").type == .f32)
-        #expect(try file.tensorInfo("blk.0.attn_q.weight").type == .f16)
-        #expect(try file.tensorInfo("token_embd.weight").type == .f16)
+        let types = try ["blk.0.attn_norm.weight", "blk.0.attn_q.weight", "token_embd.weight"].map { try file.tensorInfo($0).type }
+        #expect(types == [GGMLType.f32, .f16, .f16])
 
         // Q rows permuted llama.cpp's way: GGUF row 2i+j of a head = HF row j·D/2+i.
         let safetensors = try SafetensorsFile(path: st + "/model.safetensors")
@@ -222,6 +225,7 @@ import _TestSupport
         #expect(drift < 0.2 && line.contains("before float16 rounding"), "\(line)")
         let out = try GGUFFile(path: dir + "/fused.gguf")
         #expect(out.metadata["tokenizer.ggml.pre"]?.string == "smollm" && out.metadata["tokenizer.ggml.tokens"]?.stringArray?.count == 49152)
-        #expect(try out.tensorInfo("blk.3.attn_q.weight").type == .f16 && (try out.tensorInfo("output_norm.weight").type) == .f32)
+        let types = try ["blk.3.attn_q.weight", "output_norm.weight"].map { try out.tensorInfo($0).type }
+        #expect(types == [GGMLType.f16, .f32])
     }
 }

@@ -12,12 +12,17 @@ import Testing
     /// The elements of an SVG document, in order, with their attributes and text.
     final class Elements: NSObject, XMLParserDelegate {
         var list: [(name: String, attributes: [String: String], text: String)] = []
+        private var open: [Int] = []
         func parser(_ parser: XMLParser, didStartElement name: String, namespaceURI: String?, qualifiedName: String?,
                     attributes: [String: String] = [:]) {
+            open.append(list.count)
             list.append((name, attributes, ""))
         }
+        func parser(_ parser: XMLParser, didEndElement name: String, namespaceURI: String?, qualifiedName: String?) {
+            _ = open.popLast()
+        }
         func parser(_ parser: XMLParser, foundCharacters string: String) {
-            if !list.isEmpty { list[list.count - 1].text += string }
+            if let i = open.last, list[i].name == "text" { list[i].text += string }
         }
 
         func first(_ name: String, class c: String) -> (name: String, attributes: [String: String], text: String)? {

@@ -245,13 +245,39 @@ import _TestSupport
         return CommandResult(status: process.terminationStatus, stdout: stdout, stderr: stderr)
     }
 
+    @Test func ctrlCSavesAndStops() throws {
+        let (root, config) = try tinyRun("sigint1", steps: 100_000)
+        defer { try? FileManager.default.removeItem(at: root) }
+        let sent = NSLock()
+        nonisolated(unsafe) var signalled = false
+        let r = try runStreaming(["train", "--config", config, "--eval-every", "0"]) { text, process in
+            sent.lock(); defer { sent.unlock() }
+            if !signalled, text.contains("step 3/") { process.interrupt(); signalled = true }
+        }
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        #expect(r.stdout.contains("^C: stopping after the current step"))
+        let stopped = try #require(r.stdout.split(separator: "\n").first { $0.hasPrefix("stopped at step ") }, "\(r.stdout)")
+        #expect(stopped.hasSuffix(" of 100000: interrupted"))
+        let step = try #require(Int(stopped.split(separator: " ")[3]))
+        #expect(step >= 3 && step < 1000)
+        #expect(r.stdout.contains("done: \(step) steps in ") && r.stdout.contains("(interrupted)"))
+        let out = root.appendingPathComponent("out")
+        let metrics = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+        #expect(metrics.split(separator: "\n").count == step)
+        #expect(FileManager.default.fileExists(atPath: out.appendingPathComponent("loss.svg").path))
+        #expect(FileManager.default.fileExists(atPath: out.appendingPathComponent("adapter_model.safetensors").path))
+    }
+
     @Test func secondCtrlCQuitsAtOnce() throws {
+        // Longer steps (4 packed rows of 128 tokens), so that the run is still inside a step when
+        // the second Ctrl-C comes; it must not get to finish that step.
         let (root, config) = try tinyRun("sigint2", steps: 100_000)
         defer { try? FileManager.default.removeItem(at: root) }
         let sent = NSLock()
         nonisolated(unsafe) var signals = 0
         let started = Date()
-        let r = try runStreaming(["train", "--config", config, "--eval-every", "0"]) { text, process in
+        let r = try runStreaming(["train", "--config", config, "--eval-every", "0", "--pack", "--batch-size", "4",
+                                  "--max-seq-len", "128"]) { text, process in
             sent.lock(); defer { sent.unlock() }
             if signals == 0, text.contains("step 2/") { process.interrupt(); signals = 1 }
             else if signals == 1, text.contains("^C: stopping") { process.interrupt(); signals = 2 }
@@ -259,6 +285,7 @@ import _TestSupport
         #expect(r.status == 130, "\(r.stdout)\n\(r.stderr)")
         #expect(r.stdout.contains("^C: stopping after the current step"))
         #expect(r.stdout.contains("^C again: quitting now"))
+        #expect(!r.stdout.contains("stopped at step") && !r.stdout.contains("done:"))
         #expect(Date().timeIntervalSince(started) < 120)
     }
 }

@@ -49,7 +49,7 @@ public enum ProcessMemory {
     /// The value of `field` in /proc/<pid>/status text, in bytes (the kernel writes kB = KiB).
     static func parseStatus(_ text: String, field: String) -> Int? {
         for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
-            let parts = line.dropFirst(field.count + 1).split(separator: " ", omittingEmptySubsequences: true)
+            let parts = line.dropFirst(field.count + 1).split(whereSeparator: { $0 == " " || $0 == "\t" })
             guard let first = parts.first, let value = Int(first) else { return nil }
             let unit = parts.count > 1 ? parts[1].lowercased() : "b"
             switch unit {

@@ -199,6 +199,12 @@ public final class Trainer {
 
     public static let metricsFileName = "metrics.jsonl"
 
+    /// `run` holds this for its whole duration: one training at a time per process. OpenBLAS's
+    /// thread count is process-global (the kernels switch it between 1 and all cores) and its sgemm
+    /// results depend on it in the last bits, so two trainings interleaving in one process would
+    /// perturb each other and lose bit-identical resume.
+    static let runLock = NSLock()
+
     /// `data` is tokenized with `options.dataOptions` (see `loadData`). Hashes the base model's files.
     public init(bundle: ModelBundle, data: TrainingDataSplits, options: TrainerOptions, outputDirectory: String) throws {
         try options.validate()
@@ -284,7 +290,9 @@ public final class Trainer {
          "weightDecay": "\(options.weightDecay)", "maxGradNorm": options.maxGradNorm.map { "\($0)" } ?? "none",
          "evalEvery": String(options.evalEvery), "saveEvery": String(options.saveEvery),
          "saveTotalLimit": String(options.saveTotalLimit), "earlyStoppingPatience": String(options.earlyStoppingPatience),
-         "gradientCheckpointing": "\(options.gradientCheckpointing)"]
+         "gradientCheckpointing": "\(options.gradientCheckpointing)",
+         // Bit-identical resume also needs the same BLAS library and thread count.
+         "cpuCores": String(coreCount)]
     }
 
     /// A batch as the model's flat [batchSize · T] arrays: rows padded to T, missing rows all padding.
@@ -362,6 +370,8 @@ public final class Trainer {
     /// normally with `summary.stopReason` set.
     public func run(resumeFrom: String? = nil, progress: (TrainerEvent) -> Void = { _ in },
                     shouldStop: () -> Bool = { false }) throws -> TrainerSummary {
+        Trainer.runLock.lock()
+        defer { Trainer.runLock.unlock() }
         let start = Date()
         let fm = FileManager.default
         do { try fm.createDirectory(atPath: outputDirectory, withIntermediateDirectories: true) } catch {
