@@ -17,6 +17,7 @@
 * expected.json: a prompt, its ids, and the last-position logits of the unmerged PEFT model and of the
   merged float32 model (all positions are compared by the Swift tests through our own forward).
 """
+import copy
 import json
 import os
 import shutil
@@ -87,9 +88,8 @@ def make():
     tmp = os.path.join(OUT, "tmp-merged")
     for name, dtype in (("f32", torch.float32), ("f16", torch.float16), ("bf16", torch.bfloat16)):
         shutil.rmtree(tmp, ignore_errors=True)
-        merged.to(dtype).save_pretrained(tmp)
+        copy.deepcopy(merged).to(dtype).save_pretrained(tmp)   # Module.to is in place: round a copy each time
         shutil.move(os.path.join(tmp, "model.safetensors"), os.path.join(OUT, f"merged-{name}.safetensors"))
-        merged.to(torch.float32)
     shutil.rmtree(tmp, ignore_errors=True)
     with open(os.path.join(OUT, "expected.json"), "w") as f:
         json.dump({"prompt": PROMPT, "ids": ids,

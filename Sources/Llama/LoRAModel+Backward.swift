@@ -109,12 +109,14 @@ extension LoRAModel {
                 }
             }
         }
-        rowLength = R
-        for i in 0..<N {
-            let p = i % R - segBuf[i]
-            (tokCos + i * half).update(from: ropeCos + p * half, count: half)
-            (tokSin + i * half).update(from: ropeSin + p * half, count: half)
+        for b in 0..<batchSize {
+            for t in 0..<R {
+                let i = b * R + t, p = t - segBuf[i]
+                (tokCos + i * half).update(from: ropeCos + p * half, count: half)
+                (tokSin + i * half).update(from: ropeSin + p * half, count: half)
+            }
         }
+        rowLength = R
     }
 
     // MARK: - Helpers

@@ -58,7 +58,8 @@ struct PlanCommand: ParsableCommand {
         let base = MemoryPlan.baseBytes(config: config, policy: policy, separateLMHead: separate)
         let options = MemoryPlanOptions(batchSize: batchSize, seqLen: seqLen, rank: loraRank,
                                         gradientCheckpointing: !noGradCheckpoint,
-                                        optimizerStateBits: optimizer == .adamw8bit ? 8 : 32)
+                                        optimizerStateBits: optimizer == .adamw8bit ? 8 : 32,
+                                        inferenceContext: synthetic == nil ? seqLen : 0)   // a bundle holds an inference model
         let plan = MemoryPlan.estimate(config: config, baseBytes: base, options: options, quantizedBase: policy.isQuantized)
         var fit: (batchSize: Int, gradientCheckpointing: Bool)? = nil
         let budget = maxMemory.flatMap(PlanCommand.parseBytes)

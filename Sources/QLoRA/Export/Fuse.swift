@@ -124,7 +124,7 @@ public func fuseModel(model: String, adapter adapterPath: String, output: String
     var tokens: [Int] = []
     var branch: [Float] = [], baseLogits: [Float] = []
     if options.measureDrift {
-        tokens = Array(bundle.rawPrompt(options.probe ?? defaultFuseProbe).prefix(probeLimit))
+        tokens = Array(bundle.rawPrompt(options.probe ?? defaultFuseProbe).prefix(min(probeLimit, bundle.model.maxContext)))
         guard tokens.count >= 2 else {
             throw FuseError.invalid(file: model, field: "probe", value: "\(tokens.count) tokens", expected: "a text of at least 2 tokens")
         }

@@ -97,7 +97,8 @@ public enum LossPlot {
                 + "stroke-width=\"1.6\" stroke-linejoin=\"round\" stroke-linecap=\"round\"/>\n"
             if train.count <= 40 {
                 out += "<g class=\"train-markers\" fill=\"\(trainColor)\">"
-                for p in train { out += "<circle cx=\"\(fmt(px(Double(p.step))))\" cy=\"\(fmt(py(p.loss)))\" r=\"2.2\"/>" }
+                let r = train.count == 1 ? "3.6" : "2.2"
+                for p in train { out += "<circle cx=\"\(fmt(px(Double(p.step))))\" cy=\"\(fmt(py(p.loss)))\" r=\"\(r)\"/>" }
                 out += "</g>\n"
             }
         }
