@@ -25,6 +25,8 @@ struct TrainCommand: ParsableCommand {
     var data: String
     @Option(help: "Output folder: metrics.jsonl, adapter_model.safetensors, adapter_config.json, loss.svg, checkpoints.") var output: String
     @Option(help: "Optimizer steps (default: 100).") var steps: Int?
+    @Option(help: "Memory budget, e.g. 6GB: lower the batch size (raising --grad-accum to keep the effective batch) and turn on gradient checkpointing until the predicted peak RSS fits (see qlora plan).")
+    var maxMemory: String?
     @Option(help: "Train for this many passes over the data instead of --steps (fractions allowed).") var epochs: Double?
     @Option(help: "Rows per micro-batch.") var batchSize: Int = 1
     @Option(help: "Micro-batches per optimizer step.") var gradAccum: Int = 1
@@ -133,7 +135,7 @@ struct TrainCommand: ParsableCommand {
 
     func run() throws {
         if dryRun { print(jsonString(settings)); return }
-        let options = trainerOptions
+        var options = trainerOptions
         if let resume, !FileManager.default.fileExists(atPath: resume) {
             throw ValidationError("--resume: \(resume) does not exist")
         }
@@ -141,6 +143,25 @@ struct TrainCommand: ParsableCommand {
         if let steps, let epochs { print("note: --epochs \(epochs) overrides --steps \(steps)") }
         let loadStart = Date()
         let bundle = try modelArguments.load(defaultContextLength: options.maxSeqLen)
+        if let text = maxMemory {
+            guard let budget = PlanCommand.parseBytes(text) else {
+                throw ValidationError("--max-memory: cannot read '\(text)' (expected e.g. 6GB, 6GiB, 800MB)")
+            }
+            let planOptions = MemoryPlanOptions(batchSize: options.batchSize, seqLen: options.maxSeqLen, rank: options.loraRank,
+                                                targets: options.targets, gradientCheckpointing: options.gradientCheckpointing,
+                                                optimizerStateBits: options.optimizer == .adamw8bit ? 8 : 32,
+                                                inferenceContext: options.maxSeqLen)
+            guard let fit = MemoryPlan.fit(budget: budget, config: bundle.config, baseBytes: MemoryPlan.baseBytes(bundle.model.weights),
+                                           options: planOptions, maxBatchSize: options.batchSize,
+                                           quantizedBase: bundle.quantization.isQuantized) else {
+                throw ValidationError("--max-memory \(text): even batch size 1 with gradient checkpointing is predicted not to fit (see qlora plan)")
+            }
+            let effective = options.batchSize * options.gradAccum
+            options.batchSize = fit.batchSize
+            options.gradAccum = (effective + fit.batchSize - 1) / fit.batchSize
+            options.gradientCheckpointing = options.gradientCheckpointing || fit.gradientCheckpointing
+            print("--max-memory \(text): batch size \(options.batchSize) × grad-accum \(options.gradAccum), gradient checkpointing \(options.gradientCheckpointing ? "on" : "off")")
+        }
         let splits = try Trainer.loadData(path: data, bundle: bundle, options: options)
         print("loaded \(bundle.path) (\(bundle.quantization)) and \(data) in \(String(format: "%.1f", Date().timeIntervalSince(loadStart))) s")
         fflush(stdout)

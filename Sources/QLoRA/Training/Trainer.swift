@@ -323,7 +323,9 @@ public final class Trainer {
         for _ in 0..<stream.batchesPerEpoch {
             guard let batch = stream.next() else { break }
             let f = flatten(batch)
-            let r = try model.forward(inputIds: f.ids, labels: f.labels, segmentStarts: f.starts, training: false)
+            // only the positions that hold a target (padding is not computed)
+            let r = try model.forward(inputIds: f.ids, labels: f.labels, segmentStarts: f.starts, training: false,
+                                      rowLength: model.inferredRowLength(labels: f.labels, segmentStarts: f.starts))
             sum += r.lossSum; count += r.tokenCount
         }
         return count > 0 ? (sum / Double(count), count) : nil
