@@ -125,8 +125,8 @@ import _TestSupport
     }
 
     @Test func residentMemoryReadsProc() throws {
-        let now = try #require(ResidentMemory.currentBytes())
-        let peak = try #require(ResidentMemory.peakBytes())
+        let now = try #require(ProcessMemory.residentBytes())
+        let peak = try #require(ProcessMemory.peakResidentBytes())
         #expect(now > 1 << 20 && peak >= now)
     }
 

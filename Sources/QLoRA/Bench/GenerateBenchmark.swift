@@ -59,6 +59,6 @@ public enum GenerateBenchmark {
                                        prefillTokensPerSecond: Double(o.promptTokens) / max(median(prefill), 1e-12),
                                        decodeTokensPerSecond: Double(o.generatedTokens) / max(median(decode), 1e-12),
                                        prefillSeconds: prefill, decodeSeconds: decode,
-                                       peakRSSBytes: ResidentMemory.peakBytes())
+                                       peakRSSBytes: ProcessMemory.peakResidentBytes())
     }
 }

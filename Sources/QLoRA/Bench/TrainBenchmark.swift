@@ -170,8 +170,8 @@ public enum TrainBenchmark {
             throw BenchmarkError.notEnoughData(file: rows.source, tokens: rows.streamTokens, rows: rows.rowCount, needed: o.batchSize)
         }
         let cfg = weights.config
-        let peakBefore = ResidentMemory.peakBytes()
-        let canReset = ResidentMemory.resetPeak()
+        let peakBefore = ProcessMemory.peakResidentBytes()
+        let canReset = ProcessMemory.resetPeak()
 
         // Reference: the plain inference forward of the first batch (freed before training starts).
         let first = rows.batch(step: 0, batchSize: o.batchSize)
@@ -211,8 +211,8 @@ public enum TrainBenchmark {
             _ = try model.forward(inputIds: last.ids, labels: last.labels, segmentStarts: nil, training: false)
             forward = benchNow() - t0
         }
-        let trainingPeak = canReset ? ResidentMemory.peakBytes() : nil
-        let processPeak = [peakBefore, ResidentMemory.peakBytes()].compactMap { $0 }.max()
+        let trainingPeak = canReset ? ProcessMemory.peakResidentBytes() : nil
+        let processPeak = [peakBefore, ProcessMemory.peakResidentBytes()].compactMap { $0 }.max()
         let base = MemoryPlan.baseBytes(weights)
         let quantized = weights.layers.first?.wq.quantizedTensor != nil
         let plan = MemoryPlan.estimate(config: cfg, baseBytes: base,

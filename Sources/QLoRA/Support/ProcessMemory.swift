@@ -30,6 +30,20 @@ public enum ProcessMemory {
     }
 
     /// A byte count for people: "512 KiB", "87.3 MiB", "1.25 GiB".
+    /// Resets the peak to the current RSS (Linux ≥ 4.0: writes "5" to /proc/self/clear_refs), so that
+    /// `peakResidentBytes` measures a phase. Returns false where that is not possible.
+    @discardableResult
+    public static func resetPeak() -> Bool {
+        #if os(Linux)
+        guard let h = FileHandle(forWritingAtPath: "/proc/self/clear_refs") else { return false }
+        defer { try? h.close() }
+        do { try h.write(contentsOf: Data("5".utf8)) } catch { return false }
+        return true
+        #else
+        return false
+        #endif
+    }
+
     public static func format(bytes: Int) -> String {
         let b = Double(bytes)
         if b >= 1_073_741_824 { return String(format: "%.2f GiB", b / 1_073_741_824) }
