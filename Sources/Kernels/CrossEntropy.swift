@@ -62,9 +62,8 @@ func crossEntropyRowStats<S: KernelScalar>(_ x: UnsafePointer<S>, _ V: Int) -> (
     return (m, s)
 }
 
-func crossEntropyForwardImpl<S: KernelScalar>(losses: UnsafeMutablePointer<S>, logits: UnsafePointer<S>,
-                                              targets: UnsafePointer<Int>, rows T: Int, vocab V: Int,
-                                              ignoreIndex: Int, threads: Int) throws -> (sum: Double, count: Int) {
+/// Rows whose target is not `ignoreIndex`; throws `CrossEntropyError` for a target outside 0 ..< V.
+func trainedTargetCount(_ targets: UnsafePointer<Int>, rows T: Int, vocab V: Int, ignoreIndex: Int) throws -> Int {
     var count = 0
     for t in 0..<T {
         let y = targets[t]
@@ -72,6 +71,13 @@ func crossEntropyForwardImpl<S: KernelScalar>(losses: UnsafeMutablePointer<S>, l
         guard y >= 0 && y < V else { throw CrossEntropyError(row: t, target: y, vocab: V) }
         count += 1
     }
+    return count
+}
+
+func crossEntropyForwardImpl<S: KernelScalar>(losses: UnsafeMutablePointer<S>, logits: UnsafePointer<S>,
+                                              targets: UnsafePointer<Int>, rows T: Int, vocab V: Int,
+                                              ignoreIndex: Int, threads: Int) throws -> (sum: Double, count: Int) {
+    let count = try trainedTargetCount(targets, rows: T, vocab: V, ignoreIndex: ignoreIndex)
     let workers = max(1, min(threads, T))
     parallelFor(workers) { w in
         var t = w
@@ -125,13 +131,7 @@ func crossEntropyBackwardImpl<S: KernelScalar>(dLogits: UnsafeMutablePointer<S>,
 public func crossEntropyForwardBackward(logits: UnsafeMutablePointer<Float>, losses: UnsafeMutablePointer<Float>,
                                         targets: UnsafePointer<Int>, scale: Float, rows T: Int, vocab V: Int,
                                         ignoreIndex: Int = -100, threads: Int = coreCount) throws -> (sum: Double, count: Int) {
-    var count = 0
-    for t in 0..<T {
-        let y = targets[t]
-        if y == ignoreIndex { continue }
-        guard y >= 0 && y < V else { throw CrossEntropyError(row: t, target: y, vocab: V) }
-        count += 1
-    }
+    let count = try trainedTargetCount(targets, rows: T, vocab: V, ignoreIndex: ignoreIndex)
     let workers = max(1, min(threads, T))
     parallelFor(workers) { w in
         var t = w
