@@ -102,4 +102,29 @@ for (title, table, total) in [("wall", med.split, med.wall), ("process CPU", med
           + byKind.map { f($0, 3).padding(toLength: 12, withPad: " ", startingAt: 0) }.joined() + f(byKind.reduce(0, +), 3))
     print("  unaccounted \(f(total - byKind.reduce(0, +), 3))")
 }
+// GFLOP/s per op kind and phase: the useful FLOPs of each kind over the wall time it took
+// (GEMMs: linear = frozen base products, head = LM head; lora and attention are small GEMMs).
+// Layer 0 computes no dX for q/k/v (its input gradient would only reach the frozen embedding).
+let qkvParams = Double(C * cfg.qDim + 2 * C * cfg.kvDim)
+let linBackward = 2 * (linParams - qkvParams) * tokens
+let flops: [LoRAStepProfile.Kind: [Double]] = [   // [forward, recompute, backward]
+    .linear: [2 * linParams * tokens, ckpt ? 2 * linParams * tokens : 0, linBackward],
+    .lora: [2 * loraParams * tokens, ckpt ? 2 * loraParams * tokens : 0, 4 * loraParams * tokens],
+    .attention: [attFwd, ckpt ? attFwd : 0, 2.5 * attFwd],
+    .head: [2 * Double(C * V) * trained, 0, 2 * Double(C * V) * trained],
+]
+print("GFLOP/s per op kind (wall time of the median step; fp32 FMA peak 229 GFLOP/s on 2 cores):")
+print("  kind        phase       GFLOP       seconds     GFLOP/s     % of peak")
+for k in [LoRAStepProfile.Kind.linear, .head, .lora, .attention] {
+    var phases = LoRAStepProfile.Phase.allCases.map { ($0, flops[k]![$0.rawValue], med.split[$0.rawValue][k.rawValue]) }
+    if k == .head {   // the fused LM head + cross-entropy runs forward and dX in one call, booked to forward
+        phases = [(.forward, flops[k]![0] + flops[k]![2], med.split[0][k.rawValue] + med.split[2][k.rawValue])]
+    }
+    phases.append((.forward, phases.reduce(0) { $0 + $1.1 }, phases.reduce(0) { $0 + $1.2 }))
+    for (i, (p, g, t)) in phases.enumerated() where g > 0 && t > 0 {
+        let name = i == phases.count - 1 ? "all" : (k == .head ? "fwd+bwd" : "\(p)")
+        print("  " + ["\(k)", name, f(g / 1e9, 1), f(t, 3), f(g / 1e9 / t, 1), f(100 * g / 1e9 / t / 229, 0)]
+            .map { $0.padding(toLength: 12, withPad: " ", startingAt: 0) }.joined())
+    }
+}
 print("peak RSS \(f(peakRSSMiB(), 0)) MiB; loadavg at end: \(loadavg())")

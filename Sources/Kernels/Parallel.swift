@@ -1,14 +1,38 @@
 import Dispatch
+import _CKernels
 
 /// Runs `body(i)` for i in 0..<iterations on the machine's cores and returns when all are done.
-/// The one parallel loop of the package. Synchronous, so `body` never escapes; the cast only
-/// silences Linux Dispatch's `@Sendable` requirement (SWIFT-PERFORMANCE.md §4).
+/// The one parallel loop of the package. Synchronous, so `body` never escapes.
+///
+/// Loops run on a small persistent pool (`_CKernels/pool.c`): `coreCount − 1` workers that spin
+/// for ~200 µs after each loop before sleeping, so the many short loops of decoding (several per
+/// layer, ~10–100 µs each) don't pay an OS wake-up each. Iterations are claimed one at a time in
+/// increasing order by the caller and the workers. When the pool is busy (a `parallelFor` inside a
+/// body, or concurrent calls from several threads) the loop runs on
+/// `DispatchQueue.concurrentPerform` instead (the cast only silences Linux Dispatch's `@Sendable`
+/// requirement, SWIFT-PERFORMANCE.md §4).
 @inline(__always)
 public func parallelFor(_ iterations: Int, _ body: (Int) -> Void) {
-    if iterations == 1 { body(0); return }
+    if iterations <= 1 {
+        if iterations == 1 { body(0) }
+        return
+    }
+    parallelForPooled(iterations, body)
+}
+
+@usableFromInline
+func parallelForPooled(_ iterations: Int, _ body: (Int) -> Void) {
     withoutActuallyEscaping(body) { b in
-        DispatchQueue.concurrentPerform(iterations: iterations,
-                                        execute: unsafeBitCast(b, to: (@Sendable (Int) -> Void).self))
+        var closure = b
+        let status = withUnsafeMutablePointer(to: &closure) { context in
+            qlora_pool_run(Int64(iterations), Int32(min(coreCount, 64)), { context, i in
+                context!.assumingMemoryBound(to: ((Int) -> Void).self).pointee(Int(i))
+            }, context)
+        }
+        if status != 0 {
+            DispatchQueue.concurrentPerform(iterations: iterations,
+                                            execute: unsafeBitCast(b, to: (@Sendable (Int) -> Void).self))
+        }
     }
 }
 

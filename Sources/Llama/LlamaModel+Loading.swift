@@ -17,7 +17,9 @@ extension LlamaWeights {
     /// `policy` decides how the linear weights are held. When it quantizes, they are quantized one
     /// tensor at a time (peak memory ≈ the quantized model + one float32 tensor; no float32 slab for
     /// them). A `QuantizedTensorSource` tensor stored in 4 bits is used as stored (no requantization),
-    /// or dequantized into float32 under `.none`.
+    /// or dequantized into float32 under `.none`. A GGUF's Q8_0 `token_embd.weight` / `output.weight`
+    /// is kept in its Q8_0 blocks (`EmbeddingMatrix.q8_0`, 34 bytes per 32 values) under every
+    /// policy; other embedding types are dequantized into float32.
     public convenience init(config: LlamaConfig, source: TensorSource, file: String,
                             policy: QuantizationPolicy = .none) throws {
         try policy.validate()
@@ -27,7 +29,14 @@ extension LlamaWeights {
         case .huggingFace: separate = !config.tieWordEmbeddings
         case .gguf: separate = source.contains("output.weight")
         }
-        self.init(config: config, separateLMHead: separate, denseLinear: !policy.isQuantized)
+        var q8Embedding: Q8Matrix? = nil, q8LMHead: Q8Matrix? = nil
+        if naming == .gguf, let gguf = source as? GGUFFile {
+            let shape = [config.vocabularySize, config.hiddenSize]
+            q8Embedding = try LlamaWeights.q8Tensor(gguf, "token_embd.weight", shape: shape, file: file)
+            if separate { q8LMHead = try LlamaWeights.q8Tensor(gguf, "output.weight", shape: shape, file: file) }
+        }
+        self.init(config: config, separateLMHead: separate, denseLinear: !policy.isQuantized,
+                  q8Embedding: q8Embedding, q8LMHead: q8LMHead)
         if naming == .gguf, source.contains("rope_freqs.weight") {
             throw LlamaError.invalidConfig(file: file, key: "rope_freqs.weight", value: "present",
                                            expected: "no rope frequency factors (llama3 GGUF rope scaling is not supported)")
@@ -85,9 +94,9 @@ extension LlamaWeights {
 
         switch naming {
         case .huggingFace:
-            try load("model.embed_tokens.weight", [V, C], embedding)
+            if let p = embedding.densePointer { try load("model.embed_tokens.weight", [V, C], p) }
             try load("model.norm.weight", [C], finalNorm)
-            if separate { try load("lm_head.weight", [V, C], lmHead) }
+            if separate, let p = lmHead.densePointer { try load("lm_head.weight", [V, C], p) }
             for (n, l) in layers.enumerated() {
                 let p = "model.layers.\(n)."
                 try load(p + "input_layernorm.weight", [C], l.attentionNorm)
@@ -108,9 +117,9 @@ extension LlamaWeights {
                 if let b = l.bDown { try load(p + "mlp.down_proj.bias", [C], b) }
             }
         case .gguf:
-            try load("token_embd.weight", [V, C], embedding)
+            if let p = embedding.densePointer { try load("token_embd.weight", [V, C], p) }
             try load("output_norm.weight", [C], finalNorm)
-            if separate { try load("output.weight", [V, C], lmHead) }
+            if separate, let p = lmHead.densePointer { try load("output.weight", [V, C], p) }
             let qh = unpermute ? config.headCount : nil, kh = unpermute ? config.kvHeadCount : nil
             for (n, l) in layers.enumerated() {
                 let p = "blk.\(n)."
@@ -128,6 +137,21 @@ extension LlamaWeights {
                 layers[n].wDown = try linear(p + "ffn_down.weight", [C, I], l.wDown)
             }
         }
+    }
+}
+
+extension LlamaWeights {
+    /// The GGUF tensor `name` as a `Q8Matrix` when it is stored in Q8_0, else nil (absent or another
+    /// type: the float32 path loads it). Throws `LlamaError.shapeMismatch` when its shape is not
+    /// `shape`, and `Q8MatrixError` naming the tensor when its bytes do not match the shape.
+    static func q8Tensor(_ gguf: GGUFFile, _ name: String, shape: [Int], file: String) throws -> Q8Matrix? {
+        guard gguf.contains(name) else { return nil }
+        let info = try gguf.tensorInfo(name)
+        guard info.type == .q8_0 else { return nil }
+        guard info.shape == shape else {
+            throw LlamaError.shapeMismatch(file: file, tensor: name, expected: shape, actual: info.shape)
+        }
+        return try Q8Matrix(gguf: gguf, name: name)
     }
 }
 
@@ -159,7 +183,8 @@ extension LlamaModel {
 }
 
 extension LlamaModel {
-    /// Loads a GGUF file (llama or qwen2 architecture), dequantizing every tensor to float32.
+    /// Loads a GGUF file (llama or qwen2 architecture), dequantizing every tensor to float32 except
+    /// a Q8_0 embedding / LM head (kept in Q8_0) and, under a 4-bit `policy`, the linear weights.
     public convenience init(ggufPath path: String, maxContext: Int, policy: QuantizationPolicy = .none) throws {
         let file = try GGUFFile(path: path)
         let config = try LlamaConfig(ggufMetadata: file.metadata, file: path)

@@ -219,7 +219,7 @@ public final class LlamaModel {
         let up = gate + T * I              // so that for T = 1, [gate | up] is one GEMV's output
         let fused = weights.hasFusedDenseLayout, ws = workspace
         let hasLoRA = !lora.isEmpty, hs = loraScratch ?? x   // hs is only used when hasLoRA
-        embeddingForward(out: x, tokens: tokens, table: weights.embedding, channels: C)
+        weights.embedding.lookup(out: x, tokens: tokens)
         for (l, w) in weights.layers.enumerated() {
             let branches: [LinearLoRA?]? = hasLoRA ? lora[l] : nil
             let layerKeys = keyCache + l * maxContext * kvd, layerValues = valueCache + l * maxContext * kvd
@@ -279,7 +279,6 @@ public final class LlamaModel {
         let C = config.hiddenSize
         rmsnormForward(out: xb, inp: x + rows.lowerBound * C, weight: weights.finalNorm, rows: rows.count,
                        channels: C, epsilon: config.rmsNormEpsilon)
-        matmulForward(out: out, inp: xb, weight: weights.lmHead, bias: nil, rows: rows.count, inChannels: C,
-                      outChannels: config.vocabularySize)
+        weights.lmHead.forward(out: out, inp: xb, rows: rows.count, workspace: workspace)
     }
 }

@@ -47,8 +47,8 @@ extension LlamaWeights {
         var rng = LoRARandom(seed: seed ^ 0x5EED_0F_5717_7E71)
         let C = config.hiddenSize, V = config.vocabularySize
         // float32 parts: embeddings (and LM head), norms, biases (zero).
-        fillUniform(w.embedding, count: V * C, scale: embeddingScale, rng: &rng)
-        if w.hasSeparateLMHead { fillUniform(w.lmHead, count: V * C, scale: embeddingScale, rng: &rng) }
+        if let p = w.embedding.densePointer { fillUniform(p, count: V * C, scale: embeddingScale, rng: &rng) }
+        if w.hasSeparateLMHead, let p = w.lmHead.densePointer { fillUniform(p, count: V * C, scale: embeddingScale, rng: &rng) }
         func norm(_ p: UnsafeMutablePointer<Float>) { for i in 0..<C { p[i] = 1 + rng.uniform(-0.05, 0.05) } }
         norm(w.finalNorm)
         let qd = config.qDim, kvd = config.kvDim, I = config.intermediateSize

@@ -1,9 +1,11 @@
 import Quantization
 
 /// The parameters of a LLaMA-family model (llm.c's ParameterTensors). Shapes are PyTorch's: a linear
-/// weight is [out, in], row-major. Embeddings, norms, biases and the LM head are float32 views into
-/// one allocation (`storage`); each linear weight (q, k, v, o, gate, up, down) is a `LinearWeight`:
-/// float32 in `storage` too, or 4-bit (then `storage` holds no linear weights at all).
+/// weight is [out, in], row-major. Norms and biases are float32 views into one allocation
+/// (`storage`); the embedding and LM head are `EmbeddingMatrix`es: float32 in `storage` too, or a
+/// GGUF's Q8_0 blocks as stored (then `storage` holds no float32 copy of them); each linear weight
+/// (q, k, v, o, gate, up, down) is a `LinearWeight`: float32 in `storage` too, or 4-bit (then
+/// `storage` holds no linear weights at all).
 /// Loading from a checkpoint lives in LlamaModel+Loading.swift; this file knows no tensor names.
 public final class LlamaWeights {
     /// One decoder layer's parameters. Optional pointers are the biases the config may enable.
@@ -29,11 +31,11 @@ public final class LlamaWeights {
     }
 
     public let config: LlamaConfig
-    public let embedding: UnsafeMutablePointer<Float>              // [V, C]
+    public let embedding: EmbeddingMatrix                          // [V, C]
     public internal(set) var layers: [Layer]
     public let finalNorm: UnsafeMutablePointer<Float>              // [C]
-    /// [V, C]; the same memory as `embedding` when `hasSeparateLMHead` is false (tied).
-    public let lmHead: UnsafeMutablePointer<Float>
+    /// [V, C]; the same matrix as `embedding` when `hasSeparateLMHead` is false (tied).
+    public let lmHead: EmbeddingMatrix
     public let hasSeparateLMHead: Bool
     /// Every float32 parameter, back to back (the linear weights only when they are float32).
     public let storage: UnsafeMutableBufferPointer<Float>
@@ -47,8 +49,10 @@ public final class LlamaWeights {
     }
 
     /// With `denseLinear` false no float32 memory is taken for the linear weights: the loader must
-    /// set every one of them (they start as empty placeholders).
-    init(config: LlamaConfig, separateLMHead: Bool?, denseLinear: Bool) {
+    /// set every one of them (they start as empty placeholders). A given `q8Embedding` / `q8LMHead`
+    /// ([V, C]) is held as is, and no float32 memory is taken for it.
+    init(config: LlamaConfig, separateLMHead: Bool?, denseLinear: Bool, q8Embedding: Q8Matrix? = nil,
+         q8LMHead: Q8Matrix? = nil) {
         self.config = config
         let separate = separateLMHead ?? !config.tieWordEmbeddings
         hasSeparateLMHead = separate
@@ -58,7 +62,9 @@ public final class LlamaWeights {
         let attnBias = config.attentionBias ? qd + 2 * kvd : 0
         let linear = denseLinear ? qd * C + 2 * kvd * C + C * qd + 3 * I * C : 0
         let perLayer = 2 * C + linear + attnBias + (config.outputBias ? C : 0) + (config.mlpBias ? 2 * I + C : 0)
-        let total = V * C + C + (separate ? V * C : 0) + config.layerCount * perLayer
+        let embeddingFloats = q8Embedding == nil ? V * C : 0
+        let headFloats = separate && q8LMHead == nil ? V * C : 0
+        let total = embeddingFloats + C + headFloats + config.layerCount * perLayer
         storage = .allocate(capacity: total)
         storage.initialize(repeating: 0)
 
@@ -69,9 +75,11 @@ public final class LlamaWeights {
         func lin(_ rows: Int, _ cols: Int) -> LinearWeight {
             denseLinear ? .dense(take(rows * cols), rows: rows, cols: cols) : .dense(placeholder, rows: 0, cols: 0)
         }
-        embedding = take(V * C)
+        let embedding: EmbeddingMatrix = q8Embedding.map { .q8_0($0) } ?? .dense(take(V * C), rows: V, cols: C)
+        self.embedding = embedding
         finalNorm = take(C)
-        lmHead = separate ? take(V * C) : embedding
+        if !separate { lmHead = embedding }
+        else { lmHead = q8LMHead.map { .q8_0($0) } ?? .dense(take(V * C), rows: V, cols: C) }
         var layers: [Layer] = []
         for _ in 0..<config.layerCount {
             let attentionNorm = take(C)
@@ -97,12 +105,14 @@ public final class LlamaWeights {
     public var memoryReport: BaseMemoryReport {
         var r = BaseMemoryReport()
         let C = config.hiddenSize, V = config.vocabularySize
-        r.embedding = .init(parameters: V * C, bytes: 4 * V * C)
-        if hasSeparateLMHead { r.lmHead = .init(parameters: V * C, bytes: 4 * V * C) }
+        r.embedding = .init(parameters: V * C, bytes: embedding.bytes)
+        if hasSeparateLMHead { r.lmHead = .init(parameters: V * C, bytes: lmHead.bytes) }
         let linearFloats = layers.reduce(0) { s, l in
             s + l.linearWeights.reduce(0) { $0 + ($1.quantizedTensor == nil ? $1.rows * $1.cols : 0) }
         }
-        let other = storage.count - V * C - (hasSeparateLMHead ? V * C : 0) - linearFloats
+        let embeddingFloats = (embedding.densePointer != nil ? V * C : 0)
+            + (hasSeparateLMHead && lmHead.densePointer != nil ? V * C : 0)
+        let other = storage.count - embeddingFloats - linearFloats
         r.normsAndBiases = .init(parameters: other, bytes: 4 * other)
         for l in layers {
             for w in l.linearWeights {
@@ -128,11 +138,11 @@ public struct BaseMemoryReport: Sendable, Equatable {
     public var linear4Bit = Part()
     /// Linear weights held in float32.
     public var linearFloat32 = Part()
-    /// Token embeddings (float32; the tied LM head shares them).
+    /// Token embeddings (float32 or Q8_0; the tied LM head shares them).
     public var embedding = Part()
     /// RMSNorm weights and biases (float32).
     public var normsAndBiases = Part()
-    /// A separate LM head (float32), empty when tied.
+    /// A separate LM head (float32 or Q8_0), empty when tied.
     public var lmHead = Part()
 
     public init() {}
@@ -146,13 +156,16 @@ public struct BaseMemoryReport: Sendable, Equatable {
     /// Bits per parameter of the whole base as held.
     public var bitsPerParameter: Double { totalParameters > 0 ? Double(8 * totalBytes) / Double(totalParameters) : 0 }
 
-    /// What loading `config` under `policy` would hold (every linear weight quantized by the policy).
-    public static func estimate(config: LlamaConfig, separateLMHead: Bool, policy: QuantizationPolicy) -> BaseMemoryReport {
+    /// What loading `config` under `policy` would hold (every linear weight quantized by the policy;
+    /// the embedding and a separate LM head held as `embedding` / `lmHead` say: Q8_0 for a GGUF that
+    /// stores them in Q8_0, float32 otherwise).
+    public static func estimate(config: LlamaConfig, separateLMHead: Bool, policy: QuantizationPolicy,
+                                embedding: EmbeddingStorage = .float32, lmHead: EmbeddingStorage = .float32) -> BaseMemoryReport {
         var r = BaseMemoryReport()
         let C = config.hiddenSize, I = config.intermediateSize, V = config.vocabularySize
         let qd = config.qDim, kvd = config.kvDim
-        r.embedding = .init(parameters: V * C, bytes: 4 * V * C)
-        if separateLMHead { r.lmHead = .init(parameters: V * C, bytes: 4 * V * C) }
+        r.embedding = .init(parameters: V * C, bytes: embedding.bytes(parameters: V * C))
+        if separateLMHead { r.lmHead = .init(parameters: V * C, bytes: lmHead.bytes(parameters: V * C)) }
         let perLayerOther = 2 * C + (config.attentionBias ? qd + 2 * kvd : 0) + (config.outputBias ? C : 0)
             + (config.mlpBias ? 2 * I + C : 0)
         let other = C + config.layerCount * perLayerOther

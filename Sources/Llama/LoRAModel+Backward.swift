@@ -230,8 +230,7 @@ extension LoRAModel {
         let cfg = config, C = cfg.hiddenSize, L = cfg.layerCount
         phase = .forward
         timed(.elementwise) {
-            embeddingForward(out: layerInputs, tokens: UnsafeBufferPointer(start: idsBuf, count: N),
-                             table: weights.embedding, channels: C)
+            weights.embedding.lookup(out: layerInputs, tokens: UnsafeBufferPointer(start: idsBuf, count: N))
         }
         for l in 0..<L { layerForward(l, dropoutOn: dropoutOn) }
         if let s = fusedHeadScale { return try fusedHead(lossScale: s) }
@@ -241,8 +240,7 @@ extension LoRAModel {
         }
         var r: (sum: Double, count: Int) = (0, 0)
         try timed(.head) {
-            matmulForward(out: logits, inp: xf, weight: weights.lmHead, bias: nil, rows: N, inChannels: C,
-                          outChannels: cfg.vocabularySize)
+            weights.lmHead.forward(out: logits, inp: xf, rows: N, workspace: workspace)
             r = try crossEntropyForward(losses: losses, logits: logits, targets: targetsBuf, rows: N,
                                         vocab: cfg.vocabularySize)
         }
@@ -267,14 +265,22 @@ extension LoRAModel {
         }
         try timed(.head) {
             BLAS.setThreads(coreCount)
+            let head = weights.lmHead
             var c0 = 0
             while c0 < M {
                 let m = min(Self.headChunk, M - c0)
-                BLAS.sgemm(transB: true, m: m, n: V, k: C, a: xf + c0 * C, b: weights.lmHead, c: logits)
+                // logits = xf · Wᵀ; dxn = dLogits · W (Q8_0: tiles of W's rows dequantized per product)
+                switch head {
+                case let .dense(w, _, _): BLAS.sgemm(transB: true, m: m, n: V, k: C, a: xf + c0 * C, b: w, c: logits)
+                case let .q8_0(q): q.forward(out: logits, inp: xf + c0 * C, rows: m, workspace: workspace)
+                }
                 let r = try crossEntropyForwardBackward(logits: logits, losses: losses + c0, targets: headTargets + c0,
                                                         scale: lossScale, rows: m, vocab: V)
                 result.sum += r.sum; result.count += r.count
-                BLAS.sgemm(m: m, n: C, k: V, a: logits, b: weights.lmHead, c: dxn + c0 * C)
+                switch head {
+                case let .dense(w, _, _): BLAS.sgemm(m: m, n: C, k: V, a: logits, b: w, c: dxn + c0 * C)
+                case let .q8_0(q): q.backwardInput(dInp: dxn + c0 * C, dOut: logits, rows: m, workspace: workspace)
+                }
                 c0 += m
             }
         }

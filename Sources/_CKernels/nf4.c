@@ -179,6 +179,84 @@ AVX2_TARGET __attribute__((always_inline)) static inline void gemv_rows_avx2(
     for (int k = 0; k < R; k++) y[k] = hsum(total[k]);
 }
 
+// Byte-plane decoding (the fast path, ~1.7x the vpermps one above on Zen 3, where the two
+// lane-crossing vpermps per 8 weights bound that kernel at ~2 weights/cycle). The 16 float32 codes
+// are split into 4 byte planes (plane b = byte b of every code, one 16-entry vpshufb table each).
+// For 32 packed bytes (64 weights): the 32 high nibbles (even elements) and the 32 low nibbles (odd
+// elements) are each looked up in the 4 planes (4 vpshufb), and the bytes are re-assembled into
+// float32 with 4 byte and 4 word unpacks: 32 exact codes per 12 in-lane shuffles. The unpacks work
+// within 128-bit lanes, so the weights come out in a fixed permuted order; x is permuted once per
+// call into the same order (permute_x64) instead of fixing the weights.
+//
+// Order of one 64-element chunk (packed bytes 0…31, element 2j = high nibble of byte j, 2j + 1 =
+// low): xp[32h + 8f + l] = x[2·byte + h] with byte = 4f + l for l < 4, 16 + 4f + (l − 4) for l ≥ 4.
+AVX2_TARGET static void permute_x64(float *xp, const float *x, int64_t cols) {
+    for (int64_t c = 0; c < cols; c += 64) {
+        const float *xc = x + c;
+        float *o = xp + c;
+        for (int f = 0; f < 4; f++) {
+            __m256 a = _mm256_loadu2_m128(xc + 32 + 8 * f, xc + 8 * f);
+            __m256 b = _mm256_loadu2_m128(xc + 36 + 8 * f, xc + 8 * f + 4);
+            _mm256_storeu_ps(o + 8 * f, _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));       // even elements
+            _mm256_storeu_ps(o + 32 + 8 * f, _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));  // odd elements
+        }
+    }
+}
+
+// One row; requires cols % 64 == 0, blocksize % 64 == 0 and cols % blocksize == 0. Two accumulators
+// per block (more independent FMA chains); each block's partial sum is scaled once.
+AVX2_TARGET static inline void gemv_row_planes(float *y, const qlora_nf4_weight *w, const float *xp, int64_t r,
+                                               int64_t cols, int nshift, const __m256i pl[4]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const int64_t bs = w->blocksize, bpr = cols / bs;
+    const uint8_t *p = w->packed + ((r * cols) >> 1);
+    __m256 total = _mm256_setzero_ps();
+    for (int64_t bb = 0; bb < bpr; bb++) {
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        for (int64_t c = bb * bs; c < (bb + 1) * bs; c += 64) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(p + (c >> 1)));
+            const __m256i nib[2] = {_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), _mm256_and_si256(v, m4)};
+            for (int h = 0; h < 2; h++) {
+                __m256i b0 = _mm256_shuffle_epi8(pl[0], nib[h]), b1 = _mm256_shuffle_epi8(pl[1], nib[h]);
+                __m256i b2 = _mm256_shuffle_epi8(pl[2], nib[h]), b3 = _mm256_shuffle_epi8(pl[3], nib[h]);
+                __m256i l01 = _mm256_unpacklo_epi8(b0, b1), h01 = _mm256_unpackhi_epi8(b0, b1);
+                __m256i l23 = _mm256_unpacklo_epi8(b2, b3), h23 = _mm256_unpackhi_epi8(b2, b3);
+                const float *xh = xp + c + 32 * h;
+                acc0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(l01, l23)), _mm256_loadu_ps(xh), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(l01, l23)), _mm256_loadu_ps(xh + 8), acc1);
+                acc0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(h01, h23)), _mm256_loadu_ps(xh + 16), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(h01, h23)), _mm256_loadu_ps(xh + 24), acc1);
+            }
+        }
+        float s = block_scale_fast(w, r * bpr + bb, nshift);
+        total = _mm256_fmadd_ps(_mm256_add_ps(acc0, acc1), _mm256_set1_ps(s), total);
+    }
+    *y = hsum(total);
+}
+
+// Largest row length the byte-plane path handles (x is permuted into a stack buffer of this many floats).
+#define PLANES_MAX_COLS 8192
+
+static inline int planes_ok(const qlora_nf4_weight *w, int64_t cols) {
+    return cols % 64 == 0 && w->blocksize % 64 == 0 && cols % w->blocksize == 0 && cols <= PLANES_MAX_COLS;
+}
+
+AVX2_TARGET static void gemv_planes_avx2(float *y, const qlora_nf4_weight *w, const float *x, int64_t row_begin,
+                                         int64_t row_end, int64_t cols) {
+    const int nshift = log2_exact(w->nested_blocksize);
+    float xp[PLANES_MAX_COLS] __attribute__((aligned(32)));
+    permute_x64(xp, x, cols);
+    uint8_t planes[4][32];
+    for (int j = 0; j < 16; j++) {
+        uint32_t u;
+        __builtin_memcpy(&u, &w->code[j], 4);
+        for (int b = 0; b < 4; b++) planes[b][j] = planes[b][j + 16] = (uint8_t)(u >> (8 * b));
+    }
+    __m256i pl[4];
+    for (int b = 0; b < 4; b++) pl[b] = _mm256_loadu_si256((const __m256i *)planes[b]);
+    for (int64_t r = row_begin; r < row_end; r++) gemv_row_planes(y + (r - row_begin), w, xp, r, cols, nshift, pl);
+}
+
 // Requires cols % blocksize == 0 (rows start on a block, hence on a byte and an 8-group).
 AVX2_TARGET static void gemv_avx2(float *y, const qlora_nf4_weight *w, const float *x, int64_t row_begin,
                                   int64_t row_end, int64_t cols) {
@@ -204,6 +282,7 @@ void qlora_nf4_gemv(float *y, const qlora_nf4_weight *w, const float *x, int64_t
                     int64_t cols) {
     if (row_end <= row_begin) return;
 #ifdef QLORA_X86
+    if (nf4_use_avx2() && planes_ok(w, cols)) { gemv_planes_avx2(y, w, x, row_begin, row_end, cols); return; }
     if (nf4_use_avx2() && cols % w->blocksize == 0) { gemv_avx2(y, w, x, row_begin, row_end, cols); return; }
 #endif
     gemv_portable(y, w, x, row_begin, row_end, cols);

@@ -6,7 +6,21 @@ struct PlanCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "plan",
         abstract: "Predict the peak memory and the time per step of a training run before starting it.",
-        discussion: "Reads only the model's metadata. The prediction covers the training step (loading transients excluded); with --max-memory it also picks the largest batch size (and whether to checkpoint) that fits.")
+        discussion: """
+        Reads only the model's metadata. Memory: the base weights as held, every buffer the training \
+        model allocates (as much of it as a step touches), LoRA parameters, gradients, AdamW state, the \
+        bundle's inference model and a measured process constant; loading transients are excluded. \
+        With --max-memory it also picks the largest batch size (and whether to checkpoint) that fits.
+
+        Time: the step's floating-point operations (forward, backward of the frozen linears' inputs, \
+        LoRA, attention, LM head, and the recomputed forward with checkpointing) divided by a FLOP/s \
+        rate, plus the 4-bit weights dequantized per step (each weight once per pass) divided by a \
+        dequantization rate. Both rates are measured when the plan is made: one synthetic NF4 layer \
+        of the model's layer shape (narrowed to about a second of work) runs forward+backward at two \
+        row counts and a line through the two times gives them (best of 2 runs each; a busy machine \
+        gives slower rates, as it will give slower steps). --no-probe uses fixed rates measured once \
+        on an idle machine instead. The output names the source of the rates.
+        """)
 
     @Option(help: "A .gguf file or a Hugging Face model folder.") var model: String?
     @Option(help: "Instead of --model: llama-7b, llama-13b or llama-33b.") var synthetic: SyntheticModelShape?
@@ -20,6 +34,10 @@ struct PlanCommand: ParsableCommand {
     @Option(help: "adamw, adamw-8bit or paged-adamw.") var optimizer: TrainerOptions.Optimizer = .adamw
     @Option(help: "A memory budget such as 6GB, 6GiB or 800MB: report the largest batch size (≤ --batch-size) and checkpointing that fit.")
     var maxMemory: String?
+    @Flag(help: "A validation loss (a forward-only pass) will be computed: count its full logits [N, V].")
+    var validation = false
+    @Flag(help: "Do not time a probe layer: predict the time from fixed rates measured on an idle machine.")
+    var noProbe = false
     @Flag(help: "Print one JSON object.") var json = false
 
     func validate() throws {
@@ -59,8 +77,12 @@ struct PlanCommand: ParsableCommand {
         let options = MemoryPlanOptions(batchSize: batchSize, seqLen: seqLen, rank: loraRank,
                                         gradientCheckpointing: !noGradCheckpoint,
                                         optimizerStateBits: optimizer == .adamw8bit ? 8 : 32,
-                                        inferenceContext: synthetic == nil ? seqLen : 0)   // a bundle holds an inference model
-        let plan = MemoryPlan.estimate(config: config, baseBytes: base, options: options, quantizedBase: policy.isQuantized)
+                                        inferenceContext: synthetic == nil ? seqLen : 0,   // a bundle holds an inference model
+                                        forwardOnlyLogits: validation)
+        let throughput = noProbe ? MemoryPlan.Throughput.calibrated
+            : try MemoryPlan.Throughput.measure(config: config, options: options)
+        let plan = MemoryPlan.estimate(config: config, baseBytes: base, options: options, quantizedBase: policy.isQuantized,
+                                       throughput: throughput)
         var fit: (batchSize: Int, gradientCheckpointing: Bool)? = nil
         let budget = maxMemory.flatMap(PlanCommand.parseBytes)
         if let budget {
@@ -71,7 +93,10 @@ struct PlanCommand: ParsableCommand {
             var out: [String: Any] = ["model": name, "seq_len": seqLen, "batch_size": batchSize, "lora_rank": loraRank,
                                       "grad_checkpoint": !noGradCheckpoint, "peak_rss_bytes": plan.peakBytes,
                                       "seconds_per_step": plan.secondsPerStep, "tokens_per_second": plan.tokensPerSecond,
-                                      "flops_per_step": plan.flopsPerStep,
+                                      "flops_per_step": plan.flopsPerStep, "dequantized_per_step": plan.dequantizedPerStep,
+                                      "throughput": ["flops_per_second": throughput.flopsPerSecond,
+                                                     "dequantized_per_second": throughput.dequantizedPerSecond,
+                                                     "source": throughput.source],
                                       "items": plan.items.map { ["name": $0.name, "bytes": $0.bytes] }]
             if let budget {
                 out["max_memory_bytes"] = budget
@@ -88,6 +113,9 @@ struct PlanCommand: ParsableCommand {
         }
         print(String(format: "predicted peak RSS %.2f GiB, %.2f s/step (%.0f tokens/s, %.2f TFLOP/step)",
                      Double(plan.peakBytes) / Double(1 << 30), plan.secondsPerStep, plan.tokensPerSecond, plan.flopsPerStep / 1e12))
+        print(String(format: "time = %.3g FLOP / %.1f GFLOP/s + %.3g weights dequantized / %.2f G/s; rates: %@",
+                     plan.flopsPerStep, throughput.flopsPerSecond / 1e9, plan.dequantizedPerStep,
+                     throughput.dequantizedPerSecond / 1e9, throughput.source))
         if let budget {
             if let fit {
                 print("fits \(maxMemory!) (\(budget) bytes): batch size \(fit.batchSize), gradient checkpointing \(fit.gradientCheckpointing ? "on" : "off")")

@@ -133,9 +133,9 @@ import _TestSupport
         let q = quantized.weights, config = q.config
         let C = config.hiddenSize, V = config.vocabularySize
         let w = LlamaWeights(config: config, separateLMHead: q.hasSeparateLMHead)
-        w.embedding.update(from: q.embedding, count: V * C)
+        q.embedding.dequantizeAll(into: try #require(w.embedding.densePointer))
         w.finalNorm.update(from: q.finalNorm, count: C)
-        if q.hasSeparateLMHead { w.lmHead.update(from: q.lmHead, count: V * C) }
+        if q.hasSeparateLMHead { q.lmHead.dequantizeAll(into: try #require(w.lmHead.densePointer)) }
         let scale = Float(adapter.config.scaling)
         let modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         for (l, layer) in q.layers.enumerated() {

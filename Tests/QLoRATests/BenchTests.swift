@@ -124,6 +124,55 @@ import _TestSupport
         #expect(capped?.batchSize == 4 && capped?.gradientCheckpointing == false)
     }
 
+    /// The plan's training-model bytes are what `LoRAModel` really allocates (sizes from the
+    /// allocator) and a step touches — with and without checkpointing, with more rows than the
+    /// fused LM head materializes at once (the plan once counted all N · V logits: over by 14–23 %
+    /// at small batches).
+    @Test func planTrainingModelBytesEqualLoRAModelAllocations() throws {
+        let cfg = try LlamaConfig(hiddenSize: 128, intermediateSize: 352, layerCount: 3, headCount: 4, kvHeadCount: 2,
+                                  vocabularySize: 1000, maxPositionEmbeddings: 256)
+        let w = try LlamaWeights.synthetic(config: cfg, seed: 4)
+        for (batch, seq, ckpt, rank) in [(2, 96, true, 8), (3, 64, false, 4), (1, 32, true, 16)] {
+            let model = try LoRAModel(weights: w, batchSize: batch, seqLen: seq, rank: rank, gradientCheckpointing: ckpt)
+            let buffers = model.memoryBuffers
+            let plan = MemoryPlan.estimate(config: cfg, baseBytes: MemoryPlan.baseBytes(w),
+                                           options: MemoryPlanOptions(batchSize: batch, seqLen: seq, rank: rank,
+                                                                      gradientCheckpointing: ckpt, inferenceContext: 0))
+            let touched = buffers.reduce(0) { $0 + $1.trainingBytes }
+            // malloc rounds each block up (≤ 16 B small, ≤ one page mmapped): that much per buffer
+            let slack = buffers.count * 4112
+            #expect(plan.trainingModelBytes <= touched && touched <= plan.trainingModelBytes + slack,
+                    "batch \(batch) seq \(seq) ckpt \(ckpt): plan \(plan.trainingModelBytes), LoRAModel \(touched)")
+            // the logits: allocated [N, V], only `trainingLogitRows` rows touched by a step
+            let logits = try #require(buffers.first { $0.name == "logits" })
+            let N = batch * seq, V = cfg.vocabularySize
+            #expect(logits.allocatedBytes >= 4 * N * V)
+            #expect(logits.trainingBytes == 4 * min(N, LoRAModel.trainingLogitRows) * V)
+            // a forward-only pass (validation) touches them all: the option adds the rest
+            var o = plan.options
+            o.forwardOnlyLogits = true
+            let withValidation = MemoryPlan.estimate(config: cfg, baseBytes: MemoryPlan.baseBytes(w), options: o)
+            #expect(withValidation.peakBytes - plan.peakBytes == 4 * N * V - logits.trainingBytes)
+        }
+    }
+
+    /// The time calibration measures positive, finite rates on this machine and says so.
+    @Test func throughputProbeMeasuresThisMachine() throws {
+        let cfg = try LlamaConfig(hiddenSize: 256, intermediateSize: 704, layerCount: 4, headCount: 4, kvHeadCount: 2,
+                                  vocabularySize: 500, maxPositionEmbeddings: 256)
+        let o = MemoryPlanOptions(batchSize: 2, seqLen: 64, rank: 8, gradientCheckpointing: true, inferenceContext: 0)
+        let t = try MemoryPlan.Throughput.measure(config: cfg, options: o, repeats: 1)
+        #expect(t.flopsPerSecond.isFinite && t.flopsPerSecond > 1e8 && t.flopsPerSecond < 1e13)
+        #expect(t.dequantizedPerSecond.isFinite && t.dequantizedPerSecond > 0)
+        #expect(t.source.hasPrefix("measured now"))
+        let plan = MemoryPlan.estimate(config: cfg, baseBytes: 0, options: o, throughput: t)
+        #expect(plan.secondsPerStep > 0 && plan.secondsPerStep.isFinite)
+        // more rows, more time
+        var o2 = o
+        o2.batchSize = 8
+        #expect(MemoryPlan.estimate(config: cfg, baseBytes: 0, options: o2, throughput: t).secondsPerStep > plan.secondsPerStep)
+    }
+
     @Test func residentMemoryReadsProc() throws {
         let now = try #require(ProcessMemory.residentBytes())
         let peak = try #require(ProcessMemory.peakResidentBytes())

@@ -15,12 +15,18 @@ public struct MemoryPlanOptions: Sendable, Equatable {
     /// KV-cache positions of the inference `LlamaModel` held next to the training model (a
     /// `ModelBundle` loaded with contextLength = seqLen has seqLen); 0 when there is none.
     public var inferenceContext: Int
+    /// Whether a forward-only pass of the training model runs (a validation loss, the benchmark's
+    /// forward split): it materializes all logits [N, V], where a training step holds only
+    /// `LoRAModel.trainingLogitRows` rows of them at a time.
+    public var forwardOnlyLogits: Bool
 
     public init(batchSize: Int = 1, seqLen: Int = 512, rank: Int = 16, targets: [LoRATarget] = LoRATarget.allCases,
-                gradientCheckpointing: Bool = true, optimizerStateBits: Int = 32, inferenceContext: Int? = nil) {
+                gradientCheckpointing: Bool = true, optimizerStateBits: Int = 32, inferenceContext: Int? = nil,
+                forwardOnlyLogits: Bool = false) {
         self.batchSize = batchSize; self.seqLen = seqLen; self.rank = rank; self.targets = targets
         self.gradientCheckpointing = gradientCheckpointing; self.optimizerStateBits = optimizerStateBits
         self.inferenceContext = inferenceContext ?? seqLen
+        self.forwardOnlyLogits = forwardOnlyLogits
     }
 }
 
@@ -47,19 +53,27 @@ public struct MemoryPlan: Sendable, Equatable {
 
     /// Rates of this machine the time prediction uses.
     public struct Throughput: Sendable, Equatable {
-        /// Achieved float32 sgemm rate of the training step's products (FLOP/s).
+        /// Achieved float32 rate of the training step's products (FLOP/s).
         public var flopsPerSecond: Double
         /// 4-bit weights dequantized per second (elements/s).
         public var dequantizedPerSecond: Double
-        public init(flopsPerSecond: Double, dequantizedPerSecond: Double) {
+        /// Where the rates come from (printed with the plan).
+        public var source: String
+        public init(flopsPerSecond: Double, dequantizedPerSecond: Double, source: String = "given") {
             self.flopsPerSecond = flopsPerSecond; self.dequantizedPerSecond = dequantizedPerSecond
+            self.source = source
         }
-        /// Calibrated on this repository's 2-core AVX2 machine (see README "Performance").
-        public static let calibrated = Throughput(flopsPerSecond: 60e9, dequantizedPerSecond: 1.0e9)
+        /// Fixed rates measured once on this repository's idle 2-core AVX2 machine (SmolLM2 256 × 4:
+        /// 4.16 s/step; see README "Performance"); `measure` calibrates on the machine at hand instead.
+        public static let calibrated = Throughput(flopsPerSecond: 60e9, dequantizedPerSecond: 1.0e9,
+                                                  source: "built-in constants (idle 2-core AVX2 machine)")
     }
 
     public var options: MemoryPlanOptions
     public var items: [Item]
+    /// The part of `peakBytes` that the training `LoRAModel` holds (its buffers as far as a step
+    /// touches them, LoRA parameters and gradients): `LoRAModel.memoryBuffers`' trainingBytes.
+    public var trainingModelBytes: Int
     public var flopsPerStep: Double
     public var dequantizedPerStep: Double
     public var throughput: Throughput
@@ -83,6 +97,9 @@ public struct MemoryPlan: Sendable, Equatable {
     /// in `scales`, once in the C view).
     public static func baseBytes(_ weights: LlamaWeights) -> Int {
         var total = weights.storage.count * 4
+        // A GGUF's Q8_0 embedding / LM head: 34 bytes per 32 values, outside `storage`.
+        if let q = weights.embedding.q8Matrix { total += q.storageBytes }
+        if weights.hasSeparateLMHead, let q = weights.lmHead.q8Matrix { total += q.storageBytes }
         for layer in weights.layers {
             for w in layer.linearWeights {
                 guard let q = w.quantizedTensor else { continue }
@@ -92,10 +109,14 @@ public struct MemoryPlan: Sendable, Equatable {
         return total
     }
 
-    /// `baseBytes` of `config` loaded under `policy`, computed from the shapes.
-    public static func baseBytes(config: LlamaConfig, policy: QuantizationPolicy, separateLMHead: Bool? = nil) -> Int {
+    /// `baseBytes` of `config` loaded under `policy`, computed from the shapes. `embedding` / `lmHead`:
+    /// how the checkpoint's embedding and separate head will be held (`embeddingStorage(path:)`;
+    /// Q8_0 for a GGUF storing them in Q8_0, else float32).
+    public static func baseBytes(config: LlamaConfig, policy: QuantizationPolicy, separateLMHead: Bool? = nil,
+                                 embedding: EmbeddingStorage = .float32, lmHead: EmbeddingStorage = .float32) -> Int {
         let separate = separateLMHead ?? !config.tieWordEmbeddings
-        let r = BaseMemoryReport.estimate(config: config, separateLMHead: separate, policy: policy)
+        let r = BaseMemoryReport.estimate(config: config, separateLMHead: separate, policy: policy,
+                                          embedding: embedding, lmHead: lmHead)
         var total = r.embedding.bytes + r.lmHead.bytes + r.normsAndBiases.bytes + r.linearFloat32.bytes
         guard policy.isQuantized else { return total }
         for _ in 0..<config.layerCount {
@@ -113,6 +134,17 @@ public struct MemoryPlan: Sendable, Equatable {
         return (n + 1) / 2 + scales + tables
     }
 
+    /// Floats of `LoRAModel`'s NF4 workspace a training step touches: its capacity is
+    /// max(256 Ki, 64 · widest input, min(largest weight, 4 Mi)) floats, and a product dequantizes
+    /// tiles of capacity / cols whole rows.
+    static func trainingWorkspaceFloats(_ c: LlamaConfig) -> Int {
+        let shapes = linearShapes(c)
+        let maxIn = max(c.hiddenSize, c.intermediateSize, c.qDim)
+        let largest = shapes.map { $0.0 * $0.1 }.max() ?? 0
+        let capacity = max(1 << 18, 64 * maxIn, min(largest, 1 << 22))
+        return shapes.map { max(1, min($0.0, capacity / $0.1)) * $0.1 }.max() ?? 0
+    }
+
     static func linearShapes(_ c: LlamaConfig) -> [(Int, Int)] {
         let C = c.hiddenSize, I = c.intermediateSize
         return [(c.qDim, C), (c.kvDim, C), (c.kvDim, C), (C, c.qDim), (I, C), (I, C), (C, I)]
@@ -128,15 +160,7 @@ public struct MemoryPlan: Sendable, Equatable {
         let B = max(o.batchSize, 1), T = max(o.seqLen, 1), r = max(o.rank, 1), N = B * T
         let maxIn = max(C, I, qd)
         let targets = LoRATarget.allCases.filter(o.targets.contains)
-        func shape(_ t: LoRATarget) -> (inp: Int, out: Int) {
-            switch t {
-            case .q: return (C, qd)
-            case .k, .v: return (C, kvd)
-            case .o: return (qd, C)
-            case .gate, .up: return (C, I)
-            case .down: return (I, C)
-            }
-        }
+        func shape(_ t: LoRATarget) -> (inp: Int, out: Int) { t.planShape(cfg) }
         let loraPerLayer = targets.reduce(0) { $0 + r * (shape($1).inp + shape($1).out) }
         let P = L * loraPerLayer
 
@@ -152,43 +176,66 @@ public struct MemoryPlan: Sendable, Equatable {
             }
         }
         items.append(Item(name: "AdamW state", bytes: optimizer))
+        // Every buffer LoRAModel.init allocates (see `LoRAModel.memoryBuffers`), as much of it as a
+        // training step touches: all of it but the logits (the fused LM head writes `headChunk` rows
+        // at a time) and the NF4 workspace (tiles of whole rows of the widest weight).
+        let modelItemsStart = items.count
         let sets = o.gradientCheckpointing ? 1 : L
         let perSet = N * (3 * C + 2 * qd + 2 * kvd + 3 * I) + 7 * N * r
         items.append(Item(name: "saved activations (\(sets) layer\(sets == 1 ? "" : "s"))", bytes: 4 * sets * perSet))
         items.append(Item(name: "residual stream at each layer input", bytes: 4 * (L + 1) * N * C))
-        items.append(Item(name: "logits [N, V]", bytes: 4 * N * V))
+        items.append(Item(name: "final norm and LM head inputs", bytes: 4 * (2 * N * C + N)))
+        let logitRows = min(N, LoRAModel.trainingLogitRows)
+        items.append(Item(name: "logits (\(logitRows) of \(N) rows at a time)", bytes: 4 * logitRows * V))
         let grads = N * (3 * C + 2 * qd + 2 * kvd + 3 * I)          // tmp, dx, dxn, dq..datt, dgate/dup/dact
         items.append(Item(name: "activation gradients", bytes: 4 * grads))
         let att = max(attentionTrainForwardScratchCount(tokens: T, heads: H),
                       attentionBackwardScratchCount(tokens: T, heads: H, kvHeads: cfg.kvHeadCount, headDim: cfg.headDim))
         let scratch = att + loraBackwardScratchCount(rows: N, inChannels: maxIn, rank: r, dropout: true) + N * maxIn
-            + N * (1 + C) + 2 * T * half + 2 * N * half
-        items.append(Item(name: "attention, LoRA and RoPE scratch", bytes: 4 * scratch + 16 * N + N * maxIn))
-        items.append(Item(name: "NF4 tile workspace", bytes: quantizedBase ? 4 * max(1 << 18, 64 * maxIn) : 0))
+            + 2 * T * half + 2 * N * half
+        items.append(Item(name: "attention, LoRA and RoPE scratch", bytes: 4 * scratch + 5 * MemoryLayout<Int>.stride * N + N * maxIn))
+        items.append(Item(name: "NF4 tile workspace", bytes: quantizedBase ? 4 * trainingWorkspaceFloats(cfg) : 0))
+        let modelBytes = 2 * 4 * P + items[modelItemsStart...].reduce(0) { $0 + $1.bytes }
+        if o.forwardOnlyLogits {
+            items.append(Item(name: "logits of a forward-only pass [N, V]", bytes: 4 * (N - logitRows) * V))
+        }
         if o.inferenceContext > 0 {
+            // The bundle's LlamaModel: every buffer but its NF4 workspace is zeroed in init (resident);
+            // the workspace is touched only when the bundle itself runs a multi-token forward.
             let ctx = o.inferenceContext, t = min(128, ctx)
             let floats = 3 * t * C + 2 * t * qd + 2 * t * I + qd + 2 * kvd
                 + attentionScratchCount(tokens: t, keys: ctx, heads: H) + 2 * L * ctx * kvd + 2 * ctx * half
-                + (quantizedBase ? max(1 << 18, 64 * maxIn) : 0)
             items.append(Item(name: "inference model (KV cache \(ctx))", bytes: 4 * floats))
         }
         items.append(Item(name: "batch arrays", bytes: 8 * 4 * N))
         items.append(Item(name: "process overhead (measured)", bytes: processOverheadBytes))
 
-        // Time.
+        let work = stepWork(config: cfg, batchSize: B, seqLen: T, rank: r, targets: targets,
+                            gradientCheckpointing: o.gradientCheckpointing, quantizedBase: quantizedBase)
+        return MemoryPlan(options: o, items: items, trainingModelBytes: modelBytes, flopsPerStep: work.flops,
+                          dequantizedPerStep: work.dequantized, throughput: throughput)
+    }
+
+    /// Floating-point operations of one training step (forward; backward of the inputs of the
+    /// frozen linears, LoRA and attention; the LM head forward and backward; the recomputed forward
+    /// with checkpointing) and 4-bit weights dequantized (every weight once per pass: forward,
+    /// backward, and recompute).
+    static func stepWork(config cfg: LlamaConfig, batchSize B: Int, seqLen T: Int, rank r: Int, targets: [LoRATarget],
+                         gradientCheckpointing: Bool, quantizedBase: Bool) -> (flops: Double, dequantized: Double) {
+        let C = cfg.hiddenSize, V = cfg.vocabularySize, qd = cfg.qDim, N = B * T
+        let loraPerLayer = targets.reduce(0) { $0 + r * ($1.planShape(cfg).inp + $1.planShape(cfg).out) }
         let linearMACs = Double(linearShapes(cfg).reduce(0) { $0 + $1.0 * $1.1 })  // per token per layer
-        let Nd = Double(N), Ld = Double(L)
+        let Nd = Double(N), Ld = Double(cfg.layerCount)
         let attention = Double(B) * 2 * 2 * Double(T) * Double(T + 1) / 2 * Double(qd)   // QKᵀ and PV, causal
         let lora = 2 * Nd * Double(loraPerLayer)
         let layerForward = 2 * Nd * linearMACs + attention + lora
         let head = 2 * Nd * Double(C) * Double(V)
         let forward = Ld * layerForward + head
         let backward = Ld * (2 * Nd * linearMACs + 2 * attention + 2 * lora) + head
-        let recompute = o.gradientCheckpointing ? Ld * layerForward : 0
-        let passes = o.gradientCheckpointing ? 3.0 : 2.0
+        let recompute = gradientCheckpointing ? Ld * layerForward : 0
+        let passes = gradientCheckpointing ? 3.0 : 2.0
         let dequant = quantizedBase ? passes * Ld * linearMACs : 0
-        return MemoryPlan(options: o, items: items, flopsPerStep: forward + backward + recompute,
-                          dequantizedPerStep: dequant, throughput: throughput)
+        return (forward + backward + recompute, dequant)
     }
 
     /// The largest batch size ≤ `maxBatchSize` whose plan fits in `budget` bytes, without gradient
@@ -214,9 +261,38 @@ public struct MemoryPlan: Sendable, Equatable {
     }
 }
 
+extension LoRATarget {
+    /// (in, out) features of the adapted linear for `c`.
+    func planShape(_ c: LlamaConfig) -> (inp: Int, out: Int) {
+        switch self {
+        case .q: return (c.hiddenSize, c.qDim)
+        case .k, .v: return (c.hiddenSize, c.kvDim)
+        case .o: return (c.qDim, c.hiddenSize)
+        case .gate, .up: return (c.hiddenSize, c.intermediateSize)
+        case .down: return (c.intermediateSize, c.hiddenSize)
+        }
+    }
+}
+
 extension MemoryPlan {
     /// The config of the model at `path` (a .gguf file or a Hugging Face folder) and whether it has
     /// a separate LM head, read from the metadata only (no weights are loaded).
+    /// How loading the checkpoint at `path` holds its embedding and LM head: Q8_0 for a GGUF's Q8_0
+    /// `token_embd.weight` / `output.weight`, float32 otherwise (Hugging Face folders, other types).
+    public static func embeddingStorage(path: String) throws -> (embedding: EmbeddingStorage, lmHead: EmbeddingStorage) {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw ModelFormatError.unreadable(file: path, reason: "no such file or directory")
+        }
+        guard !isDirectory.boolValue else { return (.float32, .float32) }
+        let gguf = try GGUFFile(path: path)
+        func kind(_ name: String) throws -> EmbeddingStorage {
+            guard gguf.contains(name) else { return .float32 }
+            return try gguf.tensorInfo(name).type == .q8_0 ? .q8_0 : .float32
+        }
+        return (try kind("token_embd.weight"), try kind("output.weight"))
+    }
+
     public static func modelShape(path: String) throws -> (config: LlamaConfig, separateLMHead: Bool) {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {

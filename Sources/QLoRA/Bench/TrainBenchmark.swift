@@ -99,6 +99,9 @@ public struct TrainBenchmarkOptions: Sendable, Equatable {
     public var lossTolerance = 1e-3
     /// Time one extra forward-only pass after the timed steps to split forward from backward.
     public var measureForward = true
+    /// Calibrate the plan's time prediction with `MemoryPlan.Throughput.measure` before the
+    /// reference forward (about a second; outside the timed steps); false: the fixed rates.
+    public var probeThroughput = true
     public init() {}
 
     public func validate() throws {
@@ -117,7 +120,7 @@ public struct TrainBenchmarkOptions: Sendable, Equatable {
 }
 
 /// What `TrainBenchmark.run` measured. Times are medians over the timed steps.
-public struct TrainBenchmarkResult: Sendable, Equatable {
+public struct TrainBenchmarkResult: Sendable {
     public var options: TrainBenchmarkOptions
     /// B · T tokens per step divided by the median step time (as the peer reports).
     public var tokensPerSecond: Double
@@ -131,9 +134,17 @@ public struct TrainBenchmarkResult: Sendable, Equatable {
     public var optimizerSeconds: Double
     /// Peak RSS of the whole process (loading included).
     public var peakRSSBytes: Int?
-    /// Peak RSS from the start of `run` (after loading; what `MemoryPlan` predicts), if the kernel
-    /// let the peak be reset.
+    /// Peak RSS while the LoRA model is allocated and the optimizer steps run (what `MemoryPlan`
+    /// predicts; the reference forward before and the forward-only split pass after are excluded,
+    /// see `phasePeakRSSBytes`), if the kernel let the peak be reset.
     public var trainingPeakRSSBytes: Int?
+    /// Peak RSS of each phase of `run` (Linux, where the peak can be reset per phase): "reference"
+    /// (the plain forward), "model" (LoRAModel and AdamW allocated), "steps" (the optimizer steps:
+    /// what `MemoryPlan` predicts), "forward" (the forward-only split pass, which materializes all
+    /// logits [N, V]). Empty where the peak cannot be reset.
+    public var phasePeakRSSBytes: [(phase: String, bytes: Int)] = []
+    /// Resident bytes when `run` started (weights loaded, nothing of the run allocated).
+    public var startRSSBytes: Int?
     public var lossFirst: Double
     public var lossLast: Double
     public var losses: [Double]
@@ -171,7 +182,21 @@ public enum TrainBenchmark {
         }
         let cfg = weights.config
         let peakBefore = ProcessMemory.peakResidentBytes()
+        let startRSS = ProcessMemory.residentBytes()
         let canReset = ProcessMemory.resetPeak()
+        var phases: [(phase: String, bytes: Int)] = []
+        /// Ends a phase: records its peak, then resets the peak to the current RSS.
+        func endPhase(_ name: String) {
+            guard canReset, let p = ProcessMemory.peakResidentBytes() else { return }
+            phases.append((name, p))
+            ProcessMemory.resetPeak()
+        }
+
+        let planOptions = MemoryPlanOptions(batchSize: o.batchSize, seqLen: o.seqLen, rank: o.loraRank,
+                                            gradientCheckpointing: o.gradientCheckpointing,
+                                            inferenceContext: inferenceContext)
+        let throughput = o.probeThroughput ? try MemoryPlan.Throughput.measure(config: cfg, options: planOptions)
+            : .calibrated
 
         // Reference: the plain inference forward of the first batch (freed before training starts).
         let first = rows.batch(step: 0, batchSize: o.batchSize)
@@ -179,11 +204,13 @@ public enum TrainBenchmark {
         let reference = try referenceLoss(weights: weights, ids: first.ids, labels: first.labels,
                                           batchSize: o.batchSize, seqLen: o.seqLen)
         progress(.reference(loss: reference, seconds: benchNow() - refStart))
+        endPhase("reference")
 
         let model = try LoRAModel(weights: weights, batchSize: o.batchSize, seqLen: o.seqLen, rank: o.loraRank,
                                   alpha: Float(o.loraAlpha), targets: LoRATarget.allCases, dropout: 0,
                                   seed: o.seed, gradientCheckpointing: o.gradientCheckpointing)
         let optimizer = try AdamW(sizes: model.parameters.map(\.count), config: AdamWConfig(maxGradNorm: nil))
+        endPhase("model")
 
         var losses: [Double] = [], stepSeconds: [Double] = [], fb: [Double] = [], opt: [Double] = []
         var last = first
@@ -205,27 +232,26 @@ public enum TrainBenchmark {
             if !warm { stepSeconds.append(t2 - t0); fb.append(t1 - t0); opt.append(t2 - t1) }
             progress(.step(index: s + 1, warmup: warm, loss: loss, seconds: t2 - t0))
         }
+        endPhase("steps")
         var forward: Double? = nil
         if o.measureForward {
             let t0 = benchNow()
             _ = try model.forward(inputIds: last.ids, labels: last.labels, segmentStarts: nil, training: false)
             forward = benchNow() - t0
+            endPhase("forward")
         }
-        let trainingPeak = canReset ? ProcessMemory.peakResidentBytes() : nil
+        let trainingPeak = phases.first(where: { $0.phase == "steps" })?.bytes
         let processPeak = [peakBefore, ProcessMemory.peakResidentBytes()].compactMap { $0 }.max()
         let base = MemoryPlan.baseBytes(weights)
         let quantized = weights.layers.first?.wq.quantizedTensor != nil
-        let plan = MemoryPlan.estimate(config: cfg, baseBytes: base,
-                                       options: MemoryPlanOptions(batchSize: o.batchSize, seqLen: o.seqLen, rank: o.loraRank,
-                                                                  gradientCheckpointing: o.gradientCheckpointing,
-                                                                  inferenceContext: inferenceContext),
-                                       quantizedBase: quantized)
+        let plan = MemoryPlan.estimate(config: cfg, baseBytes: base, options: planOptions, quantizedBase: quantized,
+                                       throughput: throughput)
         let step = median(stepSeconds), fbm = median(fb)
         return TrainBenchmarkResult(
             options: o, tokensPerSecond: Double(o.batchSize * o.seqLen) / max(step, 1e-12), secondsPerStep: step,
             stepSeconds: stepSeconds, forwardSeconds: forward, backwardSeconds: forward.map { max(fbm - $0, 0) },
             forwardBackwardSeconds: fbm, optimizerSeconds: median(opt), peakRSSBytes: processPeak,
-            trainingPeakRSSBytes: trainingPeak, lossFirst: losses[0], lossLast: losses[losses.count - 1], losses: losses,
+            trainingPeakRSSBytes: trainingPeak, phasePeakRSSBytes: phases, startRSSBytes: startRSS, lossFirst: losses[0], lossLast: losses[losses.count - 1], losses: losses,
             referenceLoss: reference, tokensPerStep: o.batchSize * o.seqLen, trainedTokensFirstStep: first.trained,
             trainableParameters: model.trainableParameterCount, baseBytes: base, plan: plan)
     }

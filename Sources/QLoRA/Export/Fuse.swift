@@ -295,7 +295,7 @@ private func mergedTensors(weights: LlamaWeights, config c: LlamaConfig, adapter
         }
         return values
     }
-    var out: [NamedTensor] = [NamedTensor(name: "model.embed_tokens.weight", shape: [V, C], values: copy(weights.embedding, V * C))]
+    var out: [NamedTensor] = [NamedTensor(name: "model.embed_tokens.weight", shape: [V, C], values: weights.embedding.float32Values())]
     for (n, l) in weights.layers.enumerated() {
         let p = "model.layers.\(n)."
         out.append(NamedTensor(name: p + "input_layernorm.weight", shape: [C], values: copy(l.attentionNorm, C)))
@@ -315,7 +315,7 @@ private func mergedTensors(weights: LlamaWeights, config c: LlamaConfig, adapter
     }
     out.append(NamedTensor(name: "model.norm.weight", shape: [C], values: copy(weights.finalNorm, C)))
     if weights.hasSeparateLMHead {
-        out.append(NamedTensor(name: "lm_head.weight", shape: [V, C], values: copy(weights.lmHead, V * C)))
+        out.append(NamedTensor(name: "lm_head.weight", shape: [V, C], values: weights.lmHead.float32Values()))
     }
     return (out, merged)
 }

@@ -35,6 +35,8 @@ void qlora_nf4_dequantize(float *out, const qlora_nf4_weight *w, int64_t start, 
 
 /// y[r − row_begin] = Σ_c W[r, c] · x[c] for row_begin ≤ r < row_end; W is [·, cols].
 /// Dequantizes in registers; the block scale multiplies each block's partial dot product.
+/// AVX2: byte-plane (vpshufb) decoding when cols % 64 == 0, blocksize % 64 == 0, cols % blocksize
+/// == 0 and cols ≤ 8192; else the vpermps body when cols % blocksize == 0; else the portable one.
 void qlora_nf4_gemv(float *y, const qlora_nf4_weight *w, const float *x, int64_t row_begin, int64_t row_end,
                     int64_t cols);
 
