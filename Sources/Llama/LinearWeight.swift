@@ -56,6 +56,28 @@ public enum LinearWeight {
     }
 }
 
+extension LinearWeight {
+    /// One token (decode): out_i[rows_i] = W_i · inp (+ bias_i) for weights that share the input
+    /// (q|k|v, gate|up), as ONE parallel loop when every weight is 4-bit (`NF4Matmul.gemv(_:inp:)`).
+    /// Returns false and computes nothing when any weight is float32; the caller then runs `forward`
+    /// per weight.
+    @inline(__always)
+    public static func gemvQuantized(_ parts: [(weight: LinearWeight, out: UnsafeMutablePointer<Float>, bias: UnsafeMutablePointer<Float>?)],
+                                     inp: UnsafePointer<Float>) -> Bool {
+        var quantized: [(out: UnsafeMutablePointer<Float>, weight: QuantizedTensor4Bit)] = []
+        quantized.reserveCapacity(parts.count)
+        for part in parts {
+            guard case let .quantized(q) = part.weight else { return false }
+            quantized.append((out: part.out, weight: q))
+        }
+        NF4Matmul.gemv(quantized, inp: inp)
+        for part in parts {
+            if let bias = part.bias { residualForward(out: part.out, a: part.out, b: bias, count: part.weight.rows) }
+        }
+        return true
+    }
+}
+
 /// A LoRA branch on one linear layer, applied unmerged at inference (QLoRA's way, PEFT semantics):
 /// out[T, out] += scale · (inp[T, in] · Aᵀ) · Bᵀ, with A [rank, in] and B [out, rank] as PEFT stores
 /// them. Owns a copy of A and of Bᵀ [rank, out] (so that both prefill and decode read contiguous rows).

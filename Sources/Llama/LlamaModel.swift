@@ -233,6 +233,8 @@ public final class LlamaModel {
                 q.update(from: qkv, count: qd)
                 k.update(from: qkv + qd, count: kvd)
                 v.update(from: qkv + qd + kvd, count: kvd)
+            } else if T == 1, LinearWeight.gemvQuantized([(w.wq, q, w.bq), (w.wk, k, w.bk), (w.wv, v, w.bv)], inp: xb) {
+                // decode, 4-bit: q, k and v in one parallel loop
             } else {
                 w.wq.forward(out: q, inp: xb, bias: w.bq, rows: T, workspace: ws)
                 w.wk.forward(out: k, inp: xb, bias: w.bk, rows: T, workspace: ws)
@@ -259,6 +261,8 @@ public final class LlamaModel {
             if T == 1, fused, case let .dense(wgu, _, _) = w.wGate {
                 // decode: wGate|wUp are consecutive, and up = gate + I when T = 1
                 matmulForward(out: gate, inp: xb, weight: wgu, bias: w.bGate, rows: 1, inChannels: C, outChannels: 2 * I)
+            } else if T == 1, LinearWeight.gemvQuantized([(w.wGate, gate, w.bGate), (w.wUp, up, w.bUp)], inp: xb) {
+                // decode, 4-bit: gate and up in one parallel loop
             } else {
                 w.wGate.forward(out: gate, inp: xb, bias: w.bGate, rows: T, workspace: ws)
                 w.wUp.forward(out: up, inp: xb, bias: w.bUp, rows: T, workspace: ws)

@@ -55,17 +55,39 @@ public enum NF4Matmul {
     /// y[out] = W · x[in], dequantizing in registers; output rows split across the cores.
     public static func gemv(out y: UnsafeMutablePointer<Float>, inp x: UnsafePointer<Float>,
                             weight: QuantizedTensor4Bit) {
-        let (n, k) = (weight.rows, weight.columns)
-        var cw = weight.cWeight
+        gemv([(out: y, weight: weight)], inp: x)
+    }
+
+    /// out_i[rows_i] = W_i · x for several weights with the same in-features (e.g. q|k|v, gate|up) in ONE
+    /// parallel loop: their rows are taken as one concatenated range and split evenly across the cores
+    /// (fewer thread hand-offs per decoded token). Weights whose column count differs from the first's
+    /// are computed in a parallel loop of their own.
+    public static func gemv(_ parts: [(out: UnsafeMutablePointer<Float>, weight: QuantizedTensor4Bit)],
+                            inp x: UnsafePointer<Float>) {
+        guard let k = parts.first?.weight.columns else { return }
+        if parts.contains(where: { $0.weight.columns != k }) {
+            for part in parts { gemv(out: part.out, inp: x, weight: part.weight) }
+            return
+        }
+        let n = parts.reduce(0) { $0 + $1.weight.rows }
         let work = n * k
         // One chunk per core for decode-sized weights (less dispatch overhead); more for big ones
-        // (balance on a shared machine). Chunks hold multiples of 4 rows (the kernel's row group).
+        // (balance on a shared machine). Chunk edges fall on multiples of 4 rows.
         let chunks = work < 1 << 16 ? 1 : min(work < 1 << 22 ? coreCount : coreCount * 4, max(1, n / 16))
-        withUnsafePointer(to: &cw) { w in
+        withUnsafeTemporaryAllocation(of: qlora_nf4_weight.self, capacity: parts.count) { cws in
+            for (i, part) in parts.enumerated() { (cws.baseAddress! + i).initialize(to: part.weight.cWeight) }
+            let cw = UnsafePointer(cws.baseAddress!)
             parallelFor(chunks) { c in
-                let r0 = c == 0 ? 0 : (n * c / chunks) & ~3, r1 = c == chunks - 1 ? n : (n * (c + 1) / chunks) & ~3
-                qlora_nf4_gemv(y + r0, w, x, Int64(r0), Int64(r1), Int64(k))
+                let lo = c == 0 ? 0 : (n * c / chunks) & ~3, hi = c == chunks - 1 ? n : (n * (c + 1) / chunks) & ~3
+                var base = 0
+                for (i, part) in parts.enumerated() {
+                    let rows = part.weight.rows
+                    let a = max(lo, base), b = min(hi, base + rows)
+                    if a < b { qlora_nf4_gemv(part.out + (a - base), cw + i, x, Int64(a - base), Int64(b - base), Int64(k)) }
+                    base += rows
+                }
             }
+            _ = cws.deinitialize()
         }
     }
 

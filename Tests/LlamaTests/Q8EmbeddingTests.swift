@@ -21,7 +21,7 @@ private final class PlainSource: TensorSource {
     }
 }
 
-private func maxAbsDiff(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).map { abs($0 - $1) }.max() ?? 0 }
+private func q8MaxAbsDiff(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).map { abs($0 - $1) }.max() ?? 0 }
 
 @Suite(.serialized) struct Q8EmbeddingTests {
     static let prompt = [1, 504, 3458, 314, 260, 2717, 28, 2093, 30, 198, 1350, 45, 3019]
@@ -55,15 +55,15 @@ private func maxAbsDiff(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).map { a
         // prefill of all positions (T > 1: tiles of the head dequantized, sgemm)
         let la = try a.forward(tokens: Self.prompt, startPosition: 0, logits: .all)
         let lb = try b.forward(tokens: Self.prompt, startPosition: 0, logits: .all)
-        #expect(maxAbsDiff(la, lb) < 1e-4, "prefill max |Δlogit| \(maxAbsDiff(la, lb))")
+        #expect(q8MaxAbsDiff(la, lb) < 1e-4, "prefill max |Δlogit| \(q8MaxAbsDiff(la, lb))")
         // decode (T = 1: the fused Q8_0 GEMV) after a prefill of n − 1
         a.reset(); b.reset()
         _ = try a.forward(tokens: Array(Self.prompt.prefix(n - 1)), startPosition: 0)
         _ = try b.forward(tokens: Array(Self.prompt.prefix(n - 1)), startPosition: 0)
         let da = try a.forward(tokens: [Self.prompt[n - 1]], startPosition: n - 1)
         let db = try b.forward(tokens: [Self.prompt[n - 1]], startPosition: n - 1)
-        #expect(maxAbsDiff(da, db) < 1e-4, "decode max |Δlogit| \(maxAbsDiff(da, db))")
-        #expect(maxAbsDiff(da, Array(la[((n - 1) * V)...])) < 1e-3)
+        #expect(q8MaxAbsDiff(da, db) < 1e-4, "decode max |Δlogit| \(q8MaxAbsDiff(da, db))")
+        #expect(q8MaxAbsDiff(da, Array(la[((n - 1) * V)...])) < 1e-3)
         #expect(da.indices.max(by: { da[$0] < da[$1] }) == db.indices.max(by: { db[$0] < db[$1] }))
     }
 
@@ -86,8 +86,8 @@ private func maxAbsDiff(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).map { a
         let a = try step(q8), b = try step(dense)
         #expect(abs(a.loss - b.loss) < 1e-4 * max(1, abs(b.loss)), "loss \(a.loss) vs \(b.loss)")
         let scale = max(1e-6, b.grads.map(abs).max() ?? 0)
-        #expect(maxAbsDiff(a.grads, b.grads) / scale < 1e-3, "max |Δgrad| \(maxAbsDiff(a.grads, b.grads)) of \(scale)")
-        #expect(maxAbsDiff(a.logits, b.logits) < 1e-4)
+        #expect(q8MaxAbsDiff(a.grads, b.grads) / scale < 1e-3, "max |Δgrad| \(q8MaxAbsDiff(a.grads, b.grads)) of \(scale)")
+        #expect(q8MaxAbsDiff(a.logits, b.logits) < 1e-4)
     }
 
     /// A Q8_0 token embedding whose shape does not match the config is refused naming the tensor.

@@ -131,7 +131,7 @@ import _TestSupport
     /// weights, with its embeddings, norms and head copied.
     func mergedIntoDequantized(_ quantized: LlamaModel, adapter: LoRAAdapterWeights) throws -> LlamaModel {
         let q = quantized.weights, config = q.config
-        let C = config.hiddenSize, V = config.vocabularySize
+        let C = config.hiddenSize
         let w = LlamaWeights(config: config, separateLMHead: q.hasSeparateLMHead)
         q.embedding.dequantizeAll(into: try #require(w.embedding.densePointer))
         w.finalNorm.update(from: q.finalNorm, count: C)

@@ -33,6 +33,15 @@ struct Shape: CustomTestStringConvertible, Sendable {
         Shape(rows: 300, cols: 96, blocksize: 32, type: .int4, dq: false),
         Shape(rows: 6, cols: 192, blocksize: 64, type: .nf4, dq: true),       // one 4-row group + 2 single rows
         Shape(rows: 1030, cols: 512, blocksize: 256, type: .nf4, dq: true),  // split over cores, 4-row aligned chunks
+        // The byte-plane AVX2 path (cols % 64 == 0, blocksize % 64 == 0): odd row counts, rows not a
+        // multiple of 4, one and several 64-element chunks per block, single- and double-quantized.
+        Shape(rows: 7, cols: 64, blocksize: 64, type: .nf4, dq: true),
+        Shape(rows: 13, cols: 128, blocksize: 64, type: .fp4, dq: false),
+        Shape(rows: 9, cols: 128, blocksize: 128, type: .nf4, dq: false),
+        Shape(rows: 41, cols: 576, blocksize: 64, type: .nf4, dq: true),
+        Shape(rows: 19, cols: 1536, blocksize: 64, type: .nf4, dq: true),
+        Shape(rows: 23, cols: 1536, blocksize: 512, type: .fp4, dq: true),
+        Shape(rows: 11, cols: 192, blocksize: 32, type: .nf4, dq: true),     // blocksize 32: the vpermps path
     ]
 
     @Test(arguments: shapes, [false, true])
@@ -63,6 +72,35 @@ struct Shape: CustomTestStringConvertible, Sendable {
         }
         let ref = NF4Matmul.gemvReference(weight: w, x: x)
         #expect(maxRelativeError(y, ref) < 1e-5)
+    }
+
+    /// With x = e_c (one-hot) every product but one is 0·code and each block sum is exact, so the
+    /// GEMV must return column c of the dequantized weight bit for bit: every weight is decoded to
+    /// exactly code[nibble] × blockScale, and every position of the permuted order is checked.
+    @Test(arguments: [
+        Shape(rows: 5, cols: 128, blocksize: 64, type: .nf4, dq: true),
+        Shape(rows: 6, cols: 192, blocksize: 64, type: .fp4, dq: false),
+        Shape(rows: 3, cols: 576, blocksize: 64, type: .nf4, dq: true),
+        Shape(rows: 4, cols: 256, blocksize: 128, type: .int4, dq: true),
+    ], [false, true])
+    func gemvOfOneHotInputIsTheExactColumn(shape: Shape, portable: Bool) throws {
+        let w = try randomWeight(rows: shape.rows, cols: shape.cols, type: shape.type, dq: shape.dq,
+                                 blocksize: shape.blocksize, seed: 5)
+        let ref = w.dequantizeReference(roundToDType: false)
+        qlora_nf4_force_portable(portable ? 1 : 0)
+        defer { qlora_nf4_force_portable(0) }
+        var x = [Float](repeating: 0, count: shape.cols)
+        var y = [Float](repeating: .nan, count: shape.rows)
+        var mismatches = 0
+        for c in 0..<shape.cols {
+            x[c] = 1
+            y.withUnsafeMutableBufferPointer { yp in
+                x.withUnsafeBufferPointer { NF4Matmul.gemv(out: yp.baseAddress!, inp: $0.baseAddress!, weight: w) }
+            }
+            for r in 0..<shape.rows where y[r] != ref[r * shape.cols + c] { mismatches += 1 }
+            x[c] = 0
+        }
+        #expect(mismatches == 0)
     }
 
     @Test(arguments: shapes)

@@ -9,7 +9,7 @@ import ModelFormats
 /// Random Q8_0 blocks of a [rows, cols] matrix: fp16 scales in ±[2⁻¹⁰, 2⁻⁴] (one subnormal-free
 /// range plus a few exact zeros and negative scales), int8 codes in −128…127.
 private func randomBlocks(rows: Int, cols: Int, seed: UInt64) -> [UInt8] {
-    var rng = SplitMix(seed)
+    var rng = Q8TestRNG(seed)
     var bytes: [UInt8] = []
     for _ in 0..<(rows * cols / 32) {
         let magnitude = Float.random(in: 0.001 ... 0.06, using: &rng)
@@ -31,7 +31,7 @@ private func referenceValues(_ bytes: [UInt8], rows: Int, cols: Int) -> [Float] 
     return out
 }
 
-private struct SplitMix: RandomNumberGenerator {
+private struct Q8TestRNG: RandomNumberGenerator {
     var state: UInt64
     init(_ seed: UInt64) { state = seed }
     mutating func next() -> UInt64 {
@@ -45,6 +45,13 @@ private struct SplitMix: RandomNumberGenerator {
 
 private func matrix(_ bytes: [UInt8], rows: Int, cols: Int) throws -> Q8Matrix {
     try bytes.withUnsafeBytes { try Q8Matrix(rows: rows, cols: cols, bytes: $0, file: "test", tensor: "w") }
+}
+
+/// Σ a[i·sa] · b[i·sb] for i < n, in double.
+private func dot(_ a: ArraySlice<Float>, _ b: [Float], from b0: Int, stride sb: Int) -> Float {
+    var s = 0.0
+    for (i, v) in a.enumerated() { s += Double(v) * Double(b[b0 + i * sb]) }
+    return Float(s)
 }
 
 /// max |a − b| / max(1, max |b|).
@@ -83,10 +90,10 @@ private func relativeError(_ a: [Float], _ b: [Float]) -> Float {
         let (n, k) = (shape.rows, shape.cols)
         let bytes = randomBlocks(rows: n, cols: k, seed: UInt64(n * 13 + k))
         let q = try matrix(bytes, rows: n, cols: k)
-        var rng = SplitMix(99)
+        var rng = Q8TestRNG(99)
         let x = (0..<k).map { _ in Float.random(in: -2...2, using: &rng) }
         let w = referenceValues(bytes, rows: n, cols: k)
-        let expected = (0..<n).map { r in Float((0..<k).reduce(0.0) { $0 + Double(w[r * k + $1]) * Double(x[$1]) }) }
+        let expected = (0..<n).map { r in dot(w[(r * k)..<(r * k + k)], x, from: 0, stride: 1) }
         qlora_q8_force_portable(portable ? 1 : 0)
         defer { qlora_q8_force_portable(0) }
         var y = [Float](repeating: .nan, count: n)
@@ -102,7 +109,7 @@ private func relativeError(_ a: [Float], _ b: [Float]) -> Float {
         let bytes = randomBlocks(rows: n, cols: k, seed: UInt64(n * 31 + k + T))
         let q = try matrix(bytes, rows: n, cols: k)
         let w = referenceValues(bytes, rows: n, cols: k)
-        var rng = SplitMix(UInt64(T))
+        var rng = Q8TestRNG(UInt64(T))
         let inp = (0..<(T * k)).map { _ in Float.random(in: -1...1, using: &rng) }
         let dOut = (0..<(T * n)).map { _ in Float.random(in: -1...1, using: &rng) }
         let ws = NF4Workspace(capacity: 3 * k + 5)
@@ -113,7 +120,7 @@ private func relativeError(_ a: [Float], _ b: [Float]) -> Float {
         var expected = [Float](repeating: 0, count: T * n)
         for t in 0..<T {
             for r in 0..<n {
-                expected[t * n + r] = Float((0..<k).reduce(0.0) { $0 + Double(inp[t * k + $1]) * Double(w[r * k + $1]) })
+                expected[t * n + r] = dot(inp[(t * k)..<(t * k + k)], w, from: r * k, stride: 1)
             }
         }
         #expect(relativeError(out, expected) < 1e-5)
@@ -125,7 +132,7 @@ private func relativeError(_ a: [Float], _ b: [Float]) -> Float {
         var expectedD = [Float](repeating: 0, count: T * k)
         for t in 0..<T {
             for c in 0..<k {
-                expectedD[t * k + c] = Float((0..<n).reduce(0.0) { $0 + Double(dOut[t * n + $1]) * Double(w[$1 * k + c]) })
+                expectedD[t * k + c] = dot(dOut[(t * n)..<(t * n + n)], w, from: c, stride: k)
             }
         }
         #expect(relativeError(dInp, expectedD) < 1e-5)

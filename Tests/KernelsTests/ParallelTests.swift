@@ -1,0 +1,64 @@
+// parallelFor on the persistent pool (Sources/_CKernels/pool.c): every iteration runs exactly once,
+// for many sizes and many back-to-back small loops; nested loops and concurrent callers (which
+// fall back to Dispatch) stay exact; iterations beyond the pool's 2^20 limit still run.
+import Dispatch
+import Foundation
+import Testing
+import Kernels
+import _CKernels
+
+@Suite(.serialized) struct ParallelTests {
+    @Test func everyIterationRunsExactlyOnce() {
+        for n in [0, 1, 2, 3, 5, 17, 64, 1000, 4099] {
+            let hits = Atomics(n)
+            parallelFor(n) { hits.add($0) }
+            #expect(hits.values == [Int](repeating: 1, count: n), "n = \(n)")
+        }
+    }
+
+    @Test func manySmallLoopsBackToBack() {
+        let hits = Atomics(8)
+        var expected = [Int](repeating: 0, count: 8)
+        for k in 0..<20_000 {
+            let n = 2 + k % 7
+            parallelFor(n) { hits.add($0) }
+            for i in 0..<n { expected[i] += 1 }
+        }
+        #expect(hits.values == expected)
+    }
+
+    @Test func nestedLoopsRunExactlyOnce() {
+        let hits = Atomics(6 * 9)
+        parallelFor(6) { i in
+            parallelFor(9) { j in hits.add(i * 9 + j) }
+        }
+        #expect(hits.values == [Int](repeating: 1, count: 6 * 9))
+    }
+
+    @Test func concurrentCallersRunExactlyOnce() {
+        let callers = 4, n = 33, rounds = 300
+        let hits = Atomics(callers * n)
+        DispatchQueue.concurrentPerform(iterations: callers) { c in
+            for _ in 0..<rounds { parallelFor(n) { hits.add(c * n + $0) } }
+        }
+        #expect(hits.values == [Int](repeating: rounds, count: callers * n))
+    }
+
+    @Test func loopLargerThanThePoolLimitStillRuns() {
+        let n = (1 << 20) + 3
+        let hits = Atomics(n)
+        parallelFor(n) { hits.add($0) }
+        #expect(hits.values.allSatisfy { $0 == 1 })
+        // The pool itself refuses it (and leaves nothing half-done) so parallelFor fell back.
+        #expect(qlora_pool_run(Int64(n), 2, { _, _ in }, nil) == -1)
+    }
+}
+
+/// Per-index counters, updated under a lock from any thread.
+private final class Atomics: @unchecked Sendable {
+    private var cells: [Int]
+    private let lock = NSLock()
+    init(_ count: Int) { cells = [Int](repeating: 0, count: count) }
+    func add(_ i: Int) { lock.lock(); cells[i] += 1; lock.unlock() }
+    var values: [Int] { lock.lock(); defer { lock.unlock() }; return cells }
+}
