@@ -143,3 +143,31 @@ for (n, k, dq) in [(1536, 576, false), (1536, 576, true), (49152, 576, true)] {
     let nw: Double = Double(n * k)
     print("  [\(n) x \(k)]\(dq ? " +DQ" : ""): \(f(tq * 1e3)) ms, \(f(nw / tq / 1e6, 1)) Mweights/s")
 }
+
+print("== Decode sweep: SmolLM2-135M layer shapes (q|k|v, o, gate|up, down) x 30 layers, NF4+DQ ==")
+do {
+    // 30 distinct layers (~55 MB of 4-bit weights, more than the L3): what one decoded token streams.
+    let (C, KV, I, L) = (576, 192, 1536, 30)
+    var layers: [(qkv: [QuantizedTensor4Bit], o: QuantizedTensor4Bit, gu: [QuantizedTensor4Bit], down: QuantizedTensor4Bit)] = []
+    func make(_ n: Int, _ k: Int) throws -> QuantizedTensor4Bit {
+        try QuantizedTensor4Bit.quantize((0..<(n * k)).map { _ in rand() * 0.05 }, shape: [n, k], doubleQuant: true)
+    }
+    for _ in 0..<L {
+        layers.append((qkv: [try make(C, C), try make(KV, C), try make(KV, C)], o: try make(C, C),
+                       gu: [try make(I, C), try make(I, C)], down: try make(C, I)))
+    }
+    let x = UnsafeMutablePointer<Float>.allocate(capacity: I)
+    for i in 0..<I { x[i] = rand() }
+    let y = UnsafeMutablePointer<Float>.allocate(capacity: 2 * I + 2 * C)
+    let weightsPerToken = Double(L * C * (C + 2 * KV + C + 3 * I))
+    let t = time(runs: 9, inner: 3) {
+        for l in layers {
+            NF4Matmul.gemv([(out: y, weight: l.qkv[0]), (out: y + C, weight: l.qkv[1]), (out: y + C + KV, weight: l.qkv[2])], inp: x)
+            NF4Matmul.gemv(out: y, inp: x, weight: l.o)
+            NF4Matmul.gemv([(out: y, weight: l.gu[0]), (out: y + I, weight: l.gu[1])], inp: x)
+            NF4Matmul.gemv(out: y, inp: x, weight: l.down)
+        }
+    }
+    print("  \(f(t * 1e3)) ms per token's layer weights (\(f(weightsPerToken / 1e6, 1)) M weights), \(f(weightsPerToken / t / 1e9)) Gweights/s, 4 parallel loops per layer")
+    x.deallocate(); y.deallocate()
+}

@@ -76,11 +76,18 @@ static void *worker(void *arg) {
         if (g == seen) {
             const int64_t limit = atomic_load_explicit(&P.spin_ns, memory_order_relaxed);
             const int64_t start = limit > 0 ? now_ns() : 0;
+            // Busy-wait with pause for the first 20 µs (the gap between a decoded token's loops), then
+            // keep polling but yield the core to any other runnable thread (OpenBLAS's, another
+            // process's) until the spin time is up.
             for (int k = 1; limit > 0; k++) {
                 POOL_PAUSE();
                 g = atomic_load_explicit(&P.gen, memory_order_acquire);
                 if (g != seen) break;
-                if ((k & 255) == 0 && now_ns() - start > limit) break;
+                if ((k & 255) == 0) {
+                    const int64_t spent = now_ns() - start;
+                    if (spent > limit) break;
+                    if (spent > 20000) sched_yield();
+                }
             }
         }
         if (g == seen) {

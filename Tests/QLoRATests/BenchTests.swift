@@ -196,7 +196,11 @@ import _TestSupport
         o.seqLen = 48; o.batchSize = 1; o.steps = 1; o.warmupSteps = 0; o.measureForward = false
         let r = try TrainBenchmark.run(weights: bundle.model.weights, rows: rows, options: o)
         #expect(r.lossFirst > 0.05 && r.lossFirst < 8)
+        // The GGUF's Q8_0 embedding is held in Q8_0 (34 bytes per 32 values): the shape-only estimate is told so.
+        let kinds = try MemoryPlan.embeddingStorage(path: Fixtures.smolLM2GGUF)
+        #expect(kinds.embedding == .q8_0)
         #expect(MemoryPlan.baseBytes(bundle.model.weights)
-                == MemoryPlan.baseBytes(config: bundle.config, policy: .nf4, separateLMHead: false))
+                == MemoryPlan.baseBytes(config: bundle.config, policy: .nf4, separateLMHead: false,
+                                        embedding: kinds.embedding, lmHead: kinds.lmHead))
     }
 }

@@ -33,18 +33,22 @@ public struct MemoryPlanOptions: Sendable, Equatable {
 /// A prediction of the peak resident memory and the time of one training step, made before
 /// training from the model's shape alone.
 ///
-/// Memory: the sum of what is resident while a step runs — the base weights as held (4-bit codes
-/// and scales as `QuantizedTensor4Bit` keeps them, float32 embeddings / norms / LM head), every
-/// buffer `LoRAModel.init` allocates (activations of every layer, or of one with gradient
-/// checkpointing; the residual stream at each layer input; logits [N, V]; gradient buffers; attention
-/// and LoRA scratch; the NF4 tile workspace), LoRA parameters and gradients, the AdamW state, the
-/// inference model of the bundle (KV cache), and a constant process overhead measured on this
-/// machine (Swift runtime, Foundation, OpenBLAS thread buffers, tokenizer tables). Loading
-/// transients (e.g. a tensor dequantized while quantizing) are not part of it.
+/// Memory: the sum of what is resident while the training steps run — the base weights as held
+/// (4-bit codes and scales as `QuantizedTensor4Bit` keeps them, embeddings / norms / LM head), every
+/// buffer `LoRAModel.init` allocates as far as a step touches it (`LoRAModel.memoryBuffers`:
+/// activations of every layer, or of one with gradient checkpointing; the residual stream at each
+/// layer input; `LoRAModel.trainingLogitRows` rows of logits — the fused LM head never materializes
+/// [N, V]; gradient buffers; attention, LoRA and RoPE scratch; the tiles of the NF4 workspace), LoRA
+/// parameters and gradients, the AdamW state, the inference model of the bundle (KV cache), and a
+/// constant process overhead measured on this machine (Swift runtime, Foundation, OpenBLAS thread
+/// buffers, tokenizer tables). A forward-only pass (validation loss) materializes all logits: see
+/// `MemoryPlanOptions.forwardOnlyLogits`. Loading transients (e.g. a tensor dequantized while
+/// quantizing) are not part of it.
 ///
-/// Time: floating-point operations of the step (forward, backward of the inputs of the frozen
-/// linears, LoRA, attention, LM head; plus the recomputed forward with checkpointing) at a
-/// calibrated sgemm rate, plus dequantizing every 4-bit weight once per pass.
+/// Time: floating-point operations of the step (`stepWork`: forward, backward of the inputs of the
+/// frozen linears, LoRA, attention, LM head; plus the recomputed forward with checkpointing) at a
+/// FLOP rate, plus dequantizing every 4-bit weight once per pass at a dequantization rate. The rates
+/// (`Throughput`) are measured on the machine by `Throughput.measure` (a probe layer) or fixed.
 public struct MemoryPlan: Sendable, Equatable {
     public struct Item: Sendable, Equatable {
         public var name: String
