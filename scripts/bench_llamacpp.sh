@@ -13,9 +13,10 @@
 #
 # llama.cpp runs the GGUF's own tensor types (e.g. Q4_1); ours loads them and holds them as
 # --quantize says (nf4 by default), so the two do not run the same kernels.
-# OMP_WAIT_POLICY defaults to passive here: this llama.cpp is built with OpenMP, whose spinning
-# threads collapse when the 2 cores are shared (measured 3.2 tok/s decode with the default policy vs
-# 27.7 with passive, same load). Set OMP_WAIT_POLICY=active in the environment to override.
+# OMP_WAIT_POLICY: this llama.cpp is built with OpenMP. Its default (active: threads spin between
+# ops) is by far the fastest on an idle machine (118 tok/s decode vs 31 with passive, 2026-11-27), but
+# collapses when the 2 cores are shared (3.2 tok/s vs 27.7 with passive, same load). The default
+# here is llama.cpp's own; set OMP_WAIT_POLICY=passive in the environment on a busy machine.
 # llama-bench is not built by this project: see the team notes for how it was built
 # (the vendored llama.cpp of the llama-cpp-python sdist, CMake, targets llama-bench only).
 set -euo pipefail
@@ -54,7 +55,7 @@ done
 echo "model: $MODEL"
 echo "load before: $(uptime)"
 
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-active}
 echo "OMP_WAIT_POLICY=$OMP_WAIT_POLICY"
 LB_JSON=$(mktemp)
 trap 'rm -f "$LB_JSON"' EXIT

@@ -132,7 +132,7 @@ public final class LoRAModel {
     var rowLength: Int
     var N: Int { batchSize * rowLength }
     /// Rows of logits the fused LM head + cross-entropy of `forwardBackward` materializes at a time.
-    static let headChunk = 64
+    static let headChunk = 256
 
     public init(weights: LlamaWeights, batchSize: Int, seqLen: Int, rank: Int = 8, alpha: Float = 16,
                 targets: [LoRATarget] = LoRATarget.allCases, dropout: Float = 0, useRSLoRA: Bool = false,

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Llama
 import QLoRA
 
 struct PlanCommand: ParsableCommand {
@@ -66,14 +67,17 @@ struct PlanCommand: ParsableCommand {
 
     func run() throws {
         let config: LlamaConfig, separate: Bool, name: String
+        var storage: (embedding: EmbeddingStorage, lmHead: EmbeddingStorage) = (.float32, .float32)
         if let s = synthetic {
             config = s.config; separate = true; name = "synthetic \(s.rawValue)"
         } else {
             (config, separate) = try MemoryPlan.modelShape(path: model!)
+            storage = try MemoryPlan.embeddingStorage(path: model!)   // a GGUF's Q8_0 embedding stays Q8_0
             name = model!
         }
         let policy = QuantizationPolicy(quantType: quantize, doubleQuant: !noDoubleQuant, blocksize: blocksize)
-        let base = MemoryPlan.baseBytes(config: config, policy: policy, separateLMHead: separate)
+        let base = MemoryPlan.baseBytes(config: config, policy: policy, separateLMHead: separate,
+                                        embedding: storage.embedding, lmHead: storage.lmHead)
         let options = MemoryPlanOptions(batchSize: batchSize, seqLen: seqLen, rank: loraRank,
                                         gradientCheckpointing: !noGradCheckpoint,
                                         optimizerStateBits: optimizer == .adamw8bit ? 8 : 32,

@@ -279,8 +279,6 @@ extension LoRATarget {
 }
 
 extension MemoryPlan {
-    /// The config of the model at `path` (a .gguf file or a Hugging Face folder) and whether it has
-    /// a separate LM head, read from the metadata only (no weights are loaded).
     /// How loading the checkpoint at `path` holds its embedding and LM head: Q8_0 for a GGUF's Q8_0
     /// `token_embd.weight` / `output.weight`, float32 otherwise (Hugging Face folders, other types).
     public static func embeddingStorage(path: String) throws -> (embedding: EmbeddingStorage, lmHead: EmbeddingStorage) {
@@ -297,6 +295,8 @@ extension MemoryPlan {
         return (try kind("token_embd.weight"), try kind("output.weight"))
     }
 
+    /// The config of the model at `path` (a .gguf file or a Hugging Face folder) and whether it has
+    /// a separate LM head, read from the metadata only (no weights are loaded).
     public static func modelShape(path: String) throws -> (config: LlamaConfig, separateLMHead: Bool) {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {

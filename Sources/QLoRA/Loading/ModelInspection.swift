@@ -73,7 +73,9 @@ public struct ModelInspection: Sendable {
         }
         self.groups = groups.values.sorted { $0.bytes > $1.bytes }
         parameterCount = self.groups.reduce(0) { $0 + $1.parameters }
-        loaded = BaseMemoryReport.estimate(config: config, separateLMHead: separateLMHead, policy: policy)
+        let storage = try MemoryPlan.embeddingStorage(path: path)   // a GGUF's Q8_0 embedding is held as Q8_0
+        loaded = BaseMemoryReport.estimate(config: config, separateLMHead: separateLMHead, policy: policy,
+                                           embedding: storage.embedding, lmHead: storage.lmHead)
     }
 }
 
