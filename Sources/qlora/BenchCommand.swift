@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Llama
 import QLoRA
 
 extension SyntheticModelShape: ExpressibleByArgument {}
@@ -105,8 +106,12 @@ struct BenchTrainCommand: ParsableCommand {
         let other = cpu0.flatMap { c0 in CPUSample.now().map { $0.otherShare(since: c0) } }
         let plan = result.plan
         if json {
+            var perOp: [String: Any] = [:]
+            for (kind, phases) in result.opSeconds {
+                perOp["\(kind)"] = Dictionary(uniqueKeysWithValues: phases.map { ("\($0.key)_s", $0.value) })
+            }
             var split: [String: Any] = ["forward_backward_s": result.forwardBackwardSeconds, "optimizer_s": result.optimizerSeconds,
-                                        "per_op": "not measured here (LoRAModel has no per-op timers)"]
+                                        "per_op": perOp]
             if let f = result.forwardSeconds { split["forward_s"] = f }
             if let b = result.backwardSeconds { split["backward_s"] = b }
             var out: [String: Any] = [
@@ -134,6 +139,11 @@ struct BenchTrainCommand: ParsableCommand {
                                gradCheckpoint ? " (incl. recompute)" : "", result.optimizerSeconds)
         }
         print("split: " + splitText)
+        print("by op kind (mean per step, forward / recompute / backward): " + LoRAStepProfile.Kind.allCases.map { k in
+            let ph = result.opSeconds[k] ?? [:]
+            let parts = LoRAStepProfile.Phase.allCases.map { String(format: "%.2f", ph[$0] ?? 0) }
+            return "\(k) " + parts.joined(separator: "/")
+        }.joined(separator: ", ") + " s")
         print(String(format: "loss %.4f → %.4f (reference %.4f)", result.lossFirst, result.lossLast, result.referenceLoss))
         print("peak RSS \(gib(result.peakRSSBytes)) (training \(gib(result.trainingPeakRSSBytes))); plan predicted \(gib(plan.peakBytes)), \(String(format: "%.2f", plan.secondsPerStep)) s/step")
         if let other { print(String(format: "other processes used %.0f%% of the cores meanwhile", 100 * other)) }

@@ -196,6 +196,12 @@ import _TestSupport
         o.seqLen = 48; o.batchSize = 1; o.steps = 1; o.warmupSteps = 0; o.measureForward = false
         let r = try TrainBenchmark.run(weights: bundle.model.weights, rows: rows, options: o)
         #expect(r.lossFirst > 0.05 && r.lossFirst < 8)
+        // The per-op split: every kind that a step runs was timed, inside the measured forward+backward.
+        let forward = r.opSeconds.mapValues { $0[.forward] ?? 0 }
+        for kind in [LoRAStepProfile.Kind.linear, .lora, .attention, .elementwise, .head] { #expect(forward[kind, default: 0] > 0) }
+        #expect(r.opSeconds.values.allSatisfy { ($0[.recompute] ?? 0) == 0 })   // no checkpointing
+        let booked = r.opSeconds.values.reduce(0) { $0 + $1.values.reduce(0, +) }
+        #expect(booked > 0.5 * r.forwardBackwardSeconds && booked <= r.forwardBackwardSeconds * 1.001)
         // The GGUF's Q8_0 embedding is held in Q8_0 (34 bytes per 32 values): the shape-only estimate is told so.
         let kinds = try MemoryPlan.embeddingStorage(path: Fixtures.smolLM2GGUF)
         #expect(kinds.embedding == .q8_0)

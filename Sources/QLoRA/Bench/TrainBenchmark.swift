@@ -155,6 +155,10 @@ public struct TrainBenchmarkResult: Sendable {
     public var trainableParameters: Int
     public var baseBytes: Int
     public var plan: MemoryPlan
+    /// Wall seconds per op kind and phase (forward, recompute, backward), mean over the timed steps,
+    /// from `LoRAModel.profile`. The fused LM head + cross-entropy (forward and dX in one call) is
+    /// booked to the forward phase.
+    public var opSeconds: [LoRAStepProfile.Kind: [LoRAStepProfile.Phase: Double]] = [:]
 }
 
 public enum TrainBenchmarkEvent: Sendable {
@@ -214,9 +218,13 @@ public enum TrainBenchmark {
 
         var losses: [Double] = [], stepSeconds: [Double] = [], fb: [Double] = [], opt: [Double] = []
         var last = first
+        let profile = LoRAStepProfile()
+        var opSeconds: [LoRAStepProfile.Kind: [LoRAStepProfile.Phase: Double]] = [:]
+        model.profile = profile
         for s in 0..<(o.warmupSteps + o.steps) {
             let b = s == 0 ? first : rows.batch(step: s, batchSize: o.batchSize)
             last = b
+            profile.reset()
             let t0 = benchNow()
             model.zeroGradients()
             let r = try model.forwardBackward(inputIds: b.ids, labels: b.labels, segmentStarts: nil,
@@ -229,10 +237,18 @@ public enum TrainBenchmark {
             if s == 0 { try checkReference(loss: loss, reference: reference, tolerance: o.lossTolerance) }
             losses.append(loss)
             let warm = s < o.warmupSteps
-            if !warm { stepSeconds.append(t2 - t0); fb.append(t1 - t0); opt.append(t2 - t1) }
+            if !warm {
+                stepSeconds.append(t2 - t0); fb.append(t1 - t0); opt.append(t2 - t1)
+                for k in LoRAStepProfile.Kind.allCases {
+                    for p in LoRAStepProfile.Phase.allCases {
+                        opSeconds[k, default: [:]][p, default: 0] += profile.seconds(p, k) / Double(o.steps)
+                    }
+                }
+            }
             progress(.step(index: s + 1, warmup: warm, loss: loss, seconds: t2 - t0))
         }
         endPhase("steps")
+        model.profile = nil
         var forward: Double? = nil
         if o.measureForward {
             let t0 = benchNow()
@@ -253,7 +269,7 @@ public enum TrainBenchmark {
             forwardBackwardSeconds: fbm, optimizerSeconds: median(opt), peakRSSBytes: processPeak,
             trainingPeakRSSBytes: trainingPeak, phasePeakRSSBytes: phases, startRSSBytes: startRSS, lossFirst: losses[0], lossLast: losses[losses.count - 1], losses: losses,
             referenceLoss: reference, tokensPerStep: o.batchSize * o.seqLen, trainedTokensFirstStep: first.trained,
-            trainableParameters: model.trainableParameterCount, baseBytes: base, plan: plan)
+            trainableParameters: model.trainableParameterCount, baseBytes: base, plan: plan, opSeconds: opSeconds)
     }
 
     /// Throws `referenceMismatch` when |loss − reference| > tolerance · max(1, |reference|).
