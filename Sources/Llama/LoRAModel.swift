@@ -15,8 +15,8 @@ public enum LoRATarget: String, CaseIterable, Sendable, Hashable {
         }
     }
 
-    /// (in, out) features for `config`.
-    func shape(_ c: LlamaConfig) -> (inp: Int, out: Int) {
+    /// (in, out) features of the adapted linear for `config`.
+    public func shape(_ c: LlamaConfig) -> (inp: Int, out: Int) {
         switch self {
         case .q: return (c.hiddenSize, c.qDim)
         case .k, .v: return (c.hiddenSize, c.kvDim)

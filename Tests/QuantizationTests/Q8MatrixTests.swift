@@ -2,6 +2,7 @@
 // against a naive reference built here from the block bytes. No fixtures: random blocks.
 import Foundation
 import Testing
+import _TestSupport
 import _CKernels
 import ModelFormats
 @testable import Quantization
@@ -9,7 +10,7 @@ import ModelFormats
 /// Random Q8_0 blocks of a [rows, cols] matrix: fp16 scales in ±[2⁻¹⁰, 2⁻⁴] (one subnormal-free
 /// range plus a few exact zeros and negative scales), int8 codes in −128…127.
 private func randomBlocks(rows: Int, cols: Int, seed: UInt64) -> [UInt8] {
-    var rng = Q8TestRNG(seed)
+    var rng = SplitMix64(state: seed)
     var bytes: [UInt8] = []
     for _ in 0..<(rows * cols / 32) {
         let magnitude = Float.random(in: 0.001 ... 0.06, using: &rng)
@@ -31,17 +32,6 @@ private func referenceValues(_ bytes: [UInt8], rows: Int, cols: Int) -> [Float] 
     return out
 }
 
-private struct Q8TestRNG: RandomNumberGenerator {
-    var state: UInt64
-    init(_ seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 private func matrix(_ bytes: [UInt8], rows: Int, cols: Int) throws -> Q8Matrix {
     try bytes.withUnsafeBytes { try Q8Matrix(rows: rows, cols: cols, bytes: $0, file: "test", tensor: "w") }
@@ -90,7 +80,7 @@ private func relativeError(_ a: [Float], _ b: [Float]) -> Float {
         let (n, k) = (shape.rows, shape.cols)
         let bytes = randomBlocks(rows: n, cols: k, seed: UInt64(n * 13 + k))
         let q = try matrix(bytes, rows: n, cols: k)
-        var rng = Q8TestRNG(99)
+        var rng = SplitMix64(state: 99)
         let x = (0..<k).map { _ in Float.random(in: -2...2, using: &rng) }
         let w = referenceValues(bytes, rows: n, cols: k)
         let expected = (0..<n).map { r in dot(w[(r * k)..<(r * k + k)], x, from: 0, stride: 1) }
@@ -109,7 +99,7 @@ private func relativeError(_ a: [Float], _ b: [Float]) -> Float {
         let bytes = randomBlocks(rows: n, cols: k, seed: UInt64(n * 31 + k + T))
         let q = try matrix(bytes, rows: n, cols: k)
         let w = referenceValues(bytes, rows: n, cols: k)
-        var rng = Q8TestRNG(UInt64(T))
+        var rng = SplitMix64(state: UInt64(T))
         let inp = (0..<(T * k)).map { _ in Float.random(in: -1...1, using: &rng) }
         let dOut = (0..<(T * n)).map { _ in Float.random(in: -1...1, using: &rng) }
         let ws = NF4Workspace(capacity: 3 * k + 5)

@@ -164,7 +164,7 @@ public struct MemoryPlan: Sendable, Equatable {
         let B = max(o.batchSize, 1), T = max(o.seqLen, 1), r = max(o.rank, 1), N = B * T
         let maxIn = max(C, I, qd)
         let targets = LoRATarget.allCases.filter(o.targets.contains)
-        func shape(_ t: LoRATarget) -> (inp: Int, out: Int) { t.planShape(cfg) }
+        func shape(_ t: LoRATarget) -> (inp: Int, out: Int) { t.shape(cfg) }
         let loraPerLayer = targets.reduce(0) { $0 + r * (shape($1).inp + shape($1).out) }
         let P = L * loraPerLayer
 
@@ -227,7 +227,7 @@ public struct MemoryPlan: Sendable, Equatable {
     static func stepWork(config cfg: LlamaConfig, batchSize B: Int, seqLen T: Int, rank r: Int, targets: [LoRATarget],
                          gradientCheckpointing: Bool, quantizedBase: Bool) -> (flops: Double, dequantized: Double) {
         let C = cfg.hiddenSize, V = cfg.vocabularySize, qd = cfg.qDim, N = B * T
-        let loraPerLayer = targets.reduce(0) { $0 + r * ($1.planShape(cfg).inp + $1.planShape(cfg).out) }
+        let loraPerLayer = targets.reduce(0) { $0 + r * ($1.shape(cfg).inp + $1.shape(cfg).out) }
         let linearMACs = Double(linearShapes(cfg).reduce(0) { $0 + $1.0 * $1.1 })  // per token per layer
         let Nd = Double(N), Ld = Double(cfg.layerCount)
         let attention = Double(B) * 2 * 2 * Double(T) * Double(T + 1) / 2 * Double(qd)   // QKᵀ and PV, causal
@@ -262,19 +262,6 @@ public struct MemoryPlan: Sendable, Equatable {
             if let best { return (best, checkpointing) }
         }
         return nil
-    }
-}
-
-extension LoRATarget {
-    /// (in, out) features of the adapted linear for `c`.
-    func planShape(_ c: LlamaConfig) -> (inp: Int, out: Int) {
-        switch self {
-        case .q: return (c.hiddenSize, c.qDim)
-        case .k, .v: return (c.hiddenSize, c.kvDim)
-        case .o: return (c.qDim, c.hiddenSize)
-        case .gate, .up: return (c.hiddenSize, c.intermediateSize)
-        case .down: return (c.intermediateSize, c.hiddenSize)
-        }
     }
 }
 
