@@ -14,7 +14,7 @@ public struct LoRAModelBuffer: Sendable, Equatable {
     public var allocatedBytes: Int
     /// Bytes of it a training step writes or reads (resident once the step has run): all of it,
     /// except the logits (only `LoRAModel.headChunk` rows) and the NF4 workspace (the tile rows of
-    /// the widest weight that fit).
+    /// the widest 4-bit weight or Q8_0 LM head that fit).
     public var trainingBytes: Int
 }
 
@@ -60,13 +60,14 @@ extension LoRAModel {
         add("token arrays", UnsafeMutableRawPointer(targetsBuf), requested: 5 * N * MemoryLayout<Int>.stride)
         add("dropout mask", UnsafeMutableRawPointer(mask), requested: N * maxIn)
         // The workspace's buffer is internal to Quantization: its capacity is public. A step dequantizes
-        // tiles of whole rows: at most capacity / cols rows of the widest weight at once.
+        // tiles of whole rows into it: at most capacity / cols rows of the widest 4-bit weight, or of a
+        // Q8_0 LM head, at once.
+        func tileFloats(rows: Int, cols: Int) -> Int { max(1, min(rows, workspace.capacity / max(cols, 1))) * cols }
         var touched = 0
         for layer in weights.layers {
-            for w in layer.linearWeights where w.quantizedTensor != nil {
-                touched = max(touched, max(1, min(w.rows, workspace.capacity / max(w.cols, 1))) * w.cols)
-            }
+            for w in layer.linearWeights where w.quantizedTensor != nil { touched = max(touched, tileFloats(rows: w.rows, cols: w.cols)) }
         }
+        if case let .q8_0(head) = weights.lmHead { touched = max(touched, tileFloats(rows: head.rows, cols: head.cols)) }
         out.append(LoRAModelBuffer(name: "NF4 workspace", allocatedBytes: 4 * workspace.capacity,
                                    trainingBytes: 4 * min(touched, workspace.capacity)))
         add("LoRA parameters", UnsafeMutableRawPointer(parameterStorage.baseAddress!), requested: 4 * parameterStorage.count)
