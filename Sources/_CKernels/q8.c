@@ -109,8 +109,7 @@ AVX2_TARGET static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-// R rows at once (R = 4 or 1; always_inline so each R is its own unrolled body): x is loaded once
-// per 8 columns and shared by the R rows.
+// Fallback for rows longer than Q8_PERMUTED_MAX_COLS: R rows at once (R = 4 or 1), x shared.
 AVX2_TARGET __attribute__((always_inline)) static inline void gemv_rows_avx2(
         float *y, const uint8_t *blocks, const float *x, int64_t r, int64_t bpr, int R) {
     const uint8_t *p[4];
@@ -136,8 +135,55 @@ AVX2_TARGET __attribute__((always_inline)) static inline void gemv_rows_avx2(
     for (int k = 0; k < R; k++) y[k] = hsum(total[k]);
 }
 
+// The decode path (LM head): one row at a time, so the weights are read as ONE sequential stream.
+// (Four interleaved row streams, as above, ran at half the speed once the matrix is out of cache:
+// 5.5 vs 10–11 GB/s per core on Zen 3, 2026-11-27.) The 32 int8 of a block are sign-extended with
+// 4 in-lane vpshufb (byte to the top of each dword) and an arithmetic shift, instead of 4
+// lane-crossing vpmovsxbd; the lanes come out as q[4j..4j+3 | 16+4j..16+4j+3] for j = 0…3, so x is
+// permuted once per call into the same order.
+#define Q8_PERMUTED_MAX_COLS 8192
+
+AVX2_TARGET static void permute_x32(float *xp, const float *x, int64_t cols) {
+    for (int64_t c = 0; c < cols; c += 32)
+        for (int j = 0; j < 4; j++) _mm256_storeu_ps(xp + c + 8 * j, _mm256_loadu2_m128(x + c + 16 + 4 * j, x + c + 4 * j));
+}
+
+AVX2_TARGET static inline __m256 sext_dword(__m256i q, __m256i mask) {
+    return _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_shuffle_epi8(q, mask), 24));
+}
+
+AVX2_TARGET static void gemv_permuted_avx2(float *y, const uint8_t *blocks, const float *x, int64_t row_begin,
+                                           int64_t row_end, int64_t cols) {
+    float xp[Q8_PERMUTED_MAX_COLS] __attribute__((aligned(32)));
+    permute_x32(xp, x, cols);
+    const int64_t bpr = cols / 32;
+    // mask[j]: dword i of each lane takes byte 4j + i of that lane into its top byte (−1 = zero).
+    __m256i mask[4];
+    for (int j = 0; j < 4; j++) {
+        int8_t t[32];
+        for (int i = 0; i < 32; i++) t[i] = (i & 3) == 3 ? (int8_t)(4 * j + ((i & 15) >> 2)) : -1;
+        mask[j] = _mm256_loadu_si256((const __m256i *)t);
+    }
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const uint8_t *b = blocks + r * bpr * QLORA_Q8_BLOCK_BYTES;
+        __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps();
+        for (int64_t bb = 0; bb < bpr; bb++, b += QLORA_Q8_BLOCK_BYTES) {
+            const float *xb = xp + bb * 32;
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(b + 2));
+            __m256 a0 = _mm256_mul_ps(sext_dword(q, mask[0]), _mm256_load_ps(xb));
+            __m256 a1 = _mm256_mul_ps(sext_dword(q, mask[1]), _mm256_load_ps(xb + 8));
+            a0 = _mm256_fmadd_ps(sext_dword(q, mask[2]), _mm256_load_ps(xb + 16), a0);
+            a1 = _mm256_fmadd_ps(sext_dword(q, mask[3]), _mm256_load_ps(xb + 24), a1);
+            const __m256 part = _mm256_add_ps(a0, a1), d = _mm256_set1_ps(scale_f16c(b));
+            if (bb & 1) t1 = _mm256_fmadd_ps(part, d, t1); else t0 = _mm256_fmadd_ps(part, d, t0);
+        }
+        y[r - row_begin] = hsum(_mm256_add_ps(t0, t1));
+    }
+}
+
 AVX2_TARGET static void gemv_avx2(float *y, const uint8_t *blocks, const float *x, int64_t row_begin,
                                   int64_t row_end, int64_t cols) {
+    if (cols <= Q8_PERMUTED_MAX_COLS) { gemv_permuted_avx2(y, blocks, x, row_begin, row_end, cols); return; }
     const int64_t bpr = cols / 32;
     int64_t r = row_begin;
     for (; r + 4 <= row_end; r += 4) gemv_rows_avx2(y + (r - row_begin), blocks, x, r, bpr, 4);

@@ -57,7 +57,8 @@ private func relativeError(_ a: [Float], _ b: [Float]) -> Float {
     }
     // odd row counts, rows not a multiple of 4, one block per row, the SmolLM2 width, a parallel split
     static let shapes = [Shape(rows: 1, cols: 32), Shape(rows: 3, cols: 64), Shape(rows: 7, cols: 96),
-                         Shape(rows: 37, cols: 576), Shape(rows: 130, cols: 160), Shape(rows: 1001, cols: 96)]
+                         Shape(rows: 37, cols: 576), Shape(rows: 130, cols: 160), Shape(rows: 1001, cols: 96),
+                         Shape(rows: 5, cols: 8224)]  // 8224 > 8192: the AVX2 GEMV's fallback body
 
     @Test(arguments: shapes, [false, true])
     func dequantizeIsExact(shape: Shape, portable: Bool) throws {
