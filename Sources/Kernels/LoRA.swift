@@ -131,3 +131,70 @@ func loraBackwardImpl<S: KernelScalar>(dInp: UnsafeMutablePointer<S>?, dA: Unsaf
                beta: 1, c: dInp, ldc: C)
     }
 }
+
+// MARK: - Adapters that share their input (q|k|v, gate|up), no dropout
+
+/// One adapter of a group whose members read the same input: A [rank, in], B [out, rank] and their
+/// gradients (`+=`; unused by the forward).
+public struct LoRASharedPart {
+    public var a: UnsafePointer<Float>
+    public var b: UnsafePointer<Float>
+    public var dA: UnsafeMutablePointer<Float>
+    public var dB: UnsafeMutablePointer<Float>
+    public var outChannels: Int
+
+    public init(a: UnsafePointer<Float>, b: UnsafePointer<Float>, dA: UnsafeMutablePointer<Float>,
+                dB: UnsafeMutablePointer<Float>, outChannels: Int) {
+        self.a = a; self.b = b; self.dA = dA; self.dB = dB; self.outChannels = outChannels
+    }
+}
+
+/// Floats of scratch `loraForwardShared` and `loraBackwardShared` need for `parts` adapters.
+public func loraSharedScratchCount(rows N: Int, inChannels C: Int, rank R: Int, parts g: Int) -> Int {
+    N * g * R + 2 * g * R * C
+}
+
+/// The forward of g adapters on the same input without dropout, as `loraForward` does for each, but
+/// with ONE product for their down-projections: h[N, g·rank] = x · [A_1; …; A_g]ᵀ (x is read once,
+/// and the product has g·rank columns instead of rank). Then out_i += scale · h_i · B_iᵀ, where h_i is
+/// columns i·rank ..< (i+1)·rank of h. `h` must hold N·g·rank floats; keep it for the backward.
+/// scratch: `loraSharedScratchCount` floats.
+public func loraForwardShared(outs: [UnsafeMutablePointer<Float>], h: UnsafeMutablePointer<Float>,
+                              inp: UnsafePointer<Float>, parts: [LoRASharedPart], scale: Float,
+                              scratch: UnsafeMutablePointer<Float>, rows N: Int, inChannels C: Int, rank R: Int,
+                              threads: Int = coreCount) {
+    let g = parts.count, GR = g * R
+    let stackedA = scratch + N * GR
+    for (i, p) in parts.enumerated() { (stackedA + i * R * C).update(from: p.a, count: R * C) }
+    BLAS.setThreads(threads)
+    BLAS.sgemm(transB: true, m: N, n: GR, k: C, a: inp, b: stackedA, c: h)
+    for (i, p) in parts.enumerated() {
+        BLAS.sgemm(transB: true, m: N, n: p.outChannels, k: R, alpha: scale, a: h + i * R, lda: GR, b: p.b, ldb: R,
+                   beta: 1, c: outs[i])
+    }
+}
+
+/// Backward of `loraForwardShared` (dY_i = dOuts[i]): dB_i += scale · dY_iᵀ · h_i, dh_i = scale · dY_i · B_i
+/// (the columns of one dh [N, g·rank]); then ONE product dh ᵀ · x for all the dA_i, and ONE product
+/// dInp += dh · [A_1; …; A_g] (the same sums as g calls of `loraBackward`, in another order).
+/// dInp may be nil. scratch: `loraSharedScratchCount` floats.
+public func loraBackwardShared(dInp: UnsafeMutablePointer<Float>?, dOuts: [UnsafePointer<Float>],
+                               inp: UnsafePointer<Float>, h: UnsafePointer<Float>, parts: [LoRASharedPart],
+                               scale: Float, scratch: UnsafeMutablePointer<Float>, rows N: Int, inChannels C: Int,
+                               rank R: Int, threads: Int = coreCount) {
+    let g = parts.count, GR = g * R
+    let dh = scratch, stackedA = scratch + N * GR, dAStack = stackedA + GR * C
+    BLAS.setThreads(threads)
+    for (i, p) in parts.enumerated() {
+        let oc = p.outChannels
+        BLAS.sgemm(transA: true, m: oc, n: R, k: N, alpha: scale, a: dOuts[i], lda: oc, b: h + i * R, ldb: GR,
+                   beta: 1, c: p.dB, ldc: R)
+        BLAS.sgemm(m: N, n: R, k: oc, alpha: scale, a: dOuts[i], lda: oc, b: p.b, ldb: R, c: dh + i * R, ldc: GR)
+        (stackedA + i * R * C).update(from: p.a, count: R * C)
+    }
+    BLAS.sgemm(transA: true, m: GR, n: C, k: N, a: dh, lda: GR, b: inp, c: dAStack)
+    for (i, p) in parts.enumerated() { residualForward(out: p.dA, a: p.dA, b: dAStack + i * R * C, count: R * C) }
+    if let dInp {
+        BLAS.sgemm(m: N, n: C, k: GR, a: dh, lda: GR, b: stackedA, beta: 1, c: dInp)
+    }
+}

@@ -168,15 +168,7 @@ extension LoRAModel {
     private func linearBackward(_ w: LinearWeight, target: LoRATarget, layer l: Int, dInp: UnsafeMutablePointer<Float>?,
                                 dOut: UnsafeMutablePointer<Float>, inp: UnsafeMutablePointer<Float>,
                                 h: UnsafeMutablePointer<Float>, dropoutOn: Bool) {
-        if let dInp { timed(.linear) {
-            switch w {
-            case let .dense(p, r, c):
-                matmulBackwardInput(dInp: dInp, dOut: dOut, weight: p, rows: N, inChannels: c, outChannels: r)
-            case let .quantized(q):
-                BLAS.setThreads(coreCount)
-                NF4Matmul.backwardInput(dInp: dInp, dOut: dOut, weight: q, rows: N, workspace: workspace, accumulate: true)
-            }
-        } }
+        if let dInp { baseBackward(w, dInp: dInp, dOut: dOut) }
         guard let ad = adapters[l][target.index] else { return }
         timed(.lora) {
             var m: UnsafePointer<UInt8>? = nil
@@ -184,6 +176,72 @@ extension LoRAModel {
             loraBackward(dInp: dInp, dA: ad.da, dB: ad.db, dOut: dOut, inp: inp, mask: m, dropout: dropout,
                          h: h + target.index * N * rank, a: ad.a, b: ad.b, scale: scale, scratch: loraScratch,
                          rows: N, inChannels: ad.inp, outChannels: ad.out, rank: rank)
+        }
+    }
+
+    /// dInp += dOut · W (the frozen base's input gradient).
+    private func baseBackward(_ w: LinearWeight, dInp: UnsafeMutablePointer<Float>, dOut: UnsafeMutablePointer<Float>) {
+        timed(.linear) {
+            switch w {
+            case let .dense(p, r, c):
+                matmulBackwardInput(dInp: dInp, dOut: dOut, weight: p, rows: N, inChannels: c, outChannels: r)
+            case let .quantized(q):
+                BLAS.setThreads(coreCount)
+                NF4Matmul.backwardInput(dInp: dInp, dOut: dOut, weight: q, rows: N, workspace: workspace, accumulate: true)
+            }
+        }
+    }
+
+    /// The adapters of `targets` (consecutive, reading the same input) as one shared group, or nil when
+    /// each must run on its own: dropout on (every adapter has its own mask), or a member not adapted.
+    private func sharedParts(_ targets: [LoRATarget], layer l: Int, dropoutOn: Bool) -> [LoRASharedPart]? {
+        guard !dropoutOn else { return nil }
+        var parts: [LoRASharedPart] = []
+        for t in targets {
+            guard let ad = adapters[l][t.index] else { return nil }
+            parts.append(LoRASharedPart(a: ad.a, b: ad.b, dA: ad.da, dB: ad.db, outChannels: ad.out))
+        }
+        return parts
+    }
+
+    /// `linear` for weights that read the same input (q|k|v, gate|up). As a group (see `sharedParts`)
+    /// their LoRA down-projections are one product, and h holds [N, g·rank] from the first member's
+    /// slot on (the members' slots are consecutive).
+    private func linearShared(_ members: [(w: LinearWeight, bias: UnsafeMutablePointer<Float>?, target: LoRATarget,
+                                           out: UnsafeMutablePointer<Float>)],
+                              layer l: Int, inp: UnsafeMutablePointer<Float>, h: UnsafeMutablePointer<Float>,
+                              dropoutOn: Bool) {
+        guard let parts = sharedParts(members.map(\.target), layer: l, dropoutOn: dropoutOn) else {
+            for m in members {
+                linear(m.w, bias: m.bias, target: m.target, layer: l, out: m.out, inp: inp, h: h, dropoutOn: dropoutOn)
+            }
+            return
+        }
+        for m in members {
+            timed(.linear) { m.w.forward(out: m.out, inp: inp, bias: m.bias, rows: N, workspace: workspace) }
+        }
+        timed(.lora) {
+            loraForwardShared(outs: members.map(\.out), h: h + members[0].target.index * N * rank, inp: inp, parts: parts,
+                              scale: scale, scratch: loraScratch, rows: N, inChannels: members[0].target.shape(config).inp,
+                              rank: rank)
+        }
+    }
+
+    /// `linearBackward` for a group of `linearShared`.
+    private func linearBackwardShared(_ members: [(w: LinearWeight, target: LoRATarget, dOut: UnsafeMutablePointer<Float>)],
+                                      layer l: Int, dInp: UnsafeMutablePointer<Float>?, inp: UnsafeMutablePointer<Float>,
+                                      h: UnsafeMutablePointer<Float>, dropoutOn: Bool) {
+        guard let parts = sharedParts(members.map(\.target), layer: l, dropoutOn: dropoutOn) else {
+            for m in members {
+                linearBackward(m.w, target: m.target, layer: l, dInp: dInp, dOut: m.dOut, inp: inp, h: h, dropoutOn: dropoutOn)
+            }
+            return
+        }
+        if let dInp { for m in members { baseBackward(m.w, dInp: dInp, dOut: m.dOut) } }
+        timed(.lora) {
+            loraBackwardShared(dInp: dInp, dOuts: members.map { UnsafePointer($0.dOut) }, inp: inp,
+                               h: h + members[0].target.index * N * rank, parts: parts, scale: scale, scratch: loraScratch,
+                               rows: N, inChannels: members[0].target.shape(config).inp, rank: rank)
         }
     }
 
@@ -199,9 +257,8 @@ extension LoRAModel {
         timed(.elementwise) {
             rmsnormForward(out: a.xn1, inp: x, weight: w.attentionNorm, rows: N, channels: C, epsilon: cfg.rmsNormEpsilon)
         }
-        linear(w.wq, bias: w.bq, target: .q, layer: l, out: a.q, inp: a.xn1, h: a.h, dropoutOn: dropoutOn)
-        linear(w.wk, bias: w.bk, target: .k, layer: l, out: a.k, inp: a.xn1, h: a.h, dropoutOn: dropoutOn)
-        linear(w.wv, bias: w.bv, target: .v, layer: l, out: a.v, inp: a.xn1, h: a.h, dropoutOn: dropoutOn)
+        linearShared([(w.wq, w.bq, .q, a.q), (w.wk, w.bk, .k, a.k), (w.wv, w.bv, .v, a.v)], layer: l, inp: a.xn1,
+                     h: a.h, dropoutOn: dropoutOn)
         timed(.elementwise) {
             ropeForward(x: a.q, cos: tokCos, sin: tokSin, rows: N, heads: cfg.headCount, headDim: D, rowStride: qd)
             ropeForward(x: a.k, cos: tokCos, sin: tokSin, rows: N, heads: cfg.kvHeadCount, headDim: D, rowStride: kvd)
@@ -216,8 +273,8 @@ extension LoRAModel {
             residualForward(out: a.x2, a: x, b: tmp, count: N * C)
             rmsnormForward(out: a.xn2, inp: a.x2, weight: w.mlpNorm, rows: N, channels: C, epsilon: cfg.rmsNormEpsilon)
         }
-        linear(w.wGate, bias: w.bGate, target: .gate, layer: l, out: a.gate, inp: a.xn2, h: a.h, dropoutOn: dropoutOn)
-        linear(w.wUp, bias: w.bUp, target: .up, layer: l, out: a.up, inp: a.xn2, h: a.h, dropoutOn: dropoutOn)
+        linearShared([(w.wGate, w.bGate, .gate, a.gate), (w.wUp, w.bUp, .up, a.up)], layer: l, inp: a.xn2, h: a.h,
+                     dropoutOn: dropoutOn)
         timed(.elementwise) { siluMulForward(out: a.act, gate: a.gate, up: a.up, count: N * I) }
         linear(w.wDown, bias: w.bDown, target: .down, layer: l, out: tmp, inp: a.act, h: a.h, dropoutOn: dropoutOn)
         timed(.elementwise) { residualForward(out: xOut, a: a.x2, b: tmp, count: N * C) }
@@ -320,8 +377,8 @@ extension LoRAModel {
             siluMulBackward(dGate: dgate, dUp: dup, dOut: dact, gate: a.gate, up: a.up, count: N * I)
             dxn.update(repeating: 0, count: N * C)
         }
-        linearBackward(w.wGate, target: .gate, layer: l, dInp: dxn, dOut: dgate, inp: a.xn2, h: a.h, dropoutOn: dropoutOn)
-        linearBackward(w.wUp, target: .up, layer: l, dInp: dxn, dOut: dup, inp: a.xn2, h: a.h, dropoutOn: dropoutOn)
+        linearBackwardShared([(w.wGate, .gate, dgate), (w.wUp, .up, dup)], layer: l, dInp: dxn, inp: a.xn2, h: a.h,
+                             dropoutOn: dropoutOn)
         timed(.elementwise) {
             rmsnormBackward(dInp: dx, dWeight: nil, dOut: dxn, inp: a.x2, weight: w.mlpNorm, rows: N, channels: C, epsilon: eps)
             // attention: x2 = x + o(att)
@@ -341,9 +398,8 @@ extension LoRAModel {
         }
         // Layer 0's input is the frozen embedding: no gradient needed below q, k, v.
         let dIn: UnsafeMutablePointer<Float>? = l == 0 ? nil : dxn
-        linearBackward(w.wq, target: .q, layer: l, dInp: dIn, dOut: dq, inp: a.xn1, h: a.h, dropoutOn: dropoutOn)
-        linearBackward(w.wk, target: .k, layer: l, dInp: dIn, dOut: dk, inp: a.xn1, h: a.h, dropoutOn: dropoutOn)
-        linearBackward(w.wv, target: .v, layer: l, dInp: dIn, dOut: dv, inp: a.xn1, h: a.h, dropoutOn: dropoutOn)
+        linearBackwardShared([(w.wq, .q, dq), (w.wk, .k, dk), (w.wv, .v, dv)], layer: l, dInp: dIn, inp: a.xn1, h: a.h,
+                             dropoutOn: dropoutOn)
         if l > 0 { timed(.elementwise) {
             rmsnormBackward(dInp: dx, dWeight: nil, dOut: dxn, inp: x, weight: w.attentionNorm, rows: N, channels: C, epsilon: eps)
         } }

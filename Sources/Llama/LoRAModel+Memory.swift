@@ -55,7 +55,7 @@ extension LoRAModel {
         f("attScratch", attScratch, max(attentionTrainForwardScratchCount(tokens: T, heads: cfg.headCount),
                                         attentionBackwardScratchCount(tokens: T, heads: cfg.headCount, kvHeads: cfg.kvHeadCount,
                                                                       headDim: cfg.headDim)))
-        f("loraScratch", loraScratch, loraBackwardScratchCount(rows: N, inChannels: maxIn, rank: rank, dropout: true))
+        f("loraScratch", loraScratch, Self.loraScratchCount(rows: N, config: cfg, rank: rank))
         f("maskedInput", maskedInput, N * maxIn)
         add("token arrays", UnsafeMutableRawPointer(targetsBuf), requested: 5 * N * MemoryLayout<Int>.stride)
         add("dropout mask", UnsafeMutableRawPointer(mask), requested: N * maxIn)

@@ -134,6 +134,13 @@ public final class LoRAModel {
     /// Rows of logits the fused LM head + cross-entropy of `forwardBackward` materializes at a time.
     static let headChunk = 256
 
+    /// Floats of the LoRA scratch: one adapter's backward with a dropout mask, or the shared q|k|v group's.
+    public static func loraScratchCount(rows N: Int, config cfg: LlamaConfig, rank: Int) -> Int {
+        let maxIn = max(cfg.hiddenSize, cfg.intermediateSize, cfg.qDim)
+        return max(loraBackwardScratchCount(rows: N, inChannels: maxIn, rank: rank, dropout: true),
+                   loraSharedScratchCount(rows: N, inChannels: cfg.hiddenSize, rank: rank, parts: 3))
+    }
+
     public init(weights: LlamaWeights, batchSize: Int, seqLen: Int, rank: Int = 8, alpha: Float = 16,
                 targets: [LoRATarget] = LoRATarget.allCases, dropout: Float = 0, useRSLoRA: Bool = false,
                 seed: UInt64 = 0, gradientCheckpointing: Bool = true) throws {
@@ -218,7 +225,7 @@ public final class LoRAModel {
         attScratch = buf(max(attentionTrainForwardScratchCount(tokens: T, heads: cfg.headCount),
                              attentionBackwardScratchCount(tokens: T, heads: cfg.headCount, kvHeads: cfg.kvHeadCount,
                                                            headDim: cfg.headDim)))
-        loraScratch = buf(loraBackwardScratchCount(rows: N, inChannels: maxIn, rank: rank, dropout: true))
+        loraScratch = buf(Self.loraScratchCount(rows: N, config: cfg, rank: rank))
         maskedInput = buf(N * maxIn)
         let ints = UnsafeMutablePointer<Int>.allocate(capacity: 5 * N)
         ints.initialize(repeating: 0, count: 5 * N)

@@ -195,7 +195,7 @@ public struct MemoryPlan: Sendable, Equatable {
         items.append(Item(name: "activation gradients", bytes: 4 * grads))
         let att = max(attentionTrainForwardScratchCount(tokens: T, heads: H),
                       attentionBackwardScratchCount(tokens: T, heads: H, kvHeads: cfg.kvHeadCount, headDim: cfg.headDim))
-        let scratch = att + loraBackwardScratchCount(rows: N, inChannels: maxIn, rank: r, dropout: true) + N * maxIn
+        let scratch = att + LoRAModel.loraScratchCount(rows: N, config: cfg, rank: r) + N * maxIn
             + 2 * T * half + 2 * N * half
         items.append(Item(name: "attention, LoRA and RoPE scratch", bytes: 4 * scratch + 5 * MemoryLayout<Int>.stride * N + N * maxIn))
         items.append(Item(name: "NF4 tile workspace", bytes: quantizedBase ? 4 * trainingWorkspaceFloats(cfg) : 0))
