@@ -45,6 +45,8 @@ let package = Package(
                                          .product(name: "Yams", package: "Yams")],
                           swiftSettings: [v5]),
         .executableTarget(name: "nf4-bench", dependencies: ["Quantization", "Kernels"], path: "Benchmarks/nf4-bench", swiftSettings: fast + [v5]),
+        .executableTarget(name: "attention-bench", dependencies: ["Kernels"], path: "Benchmarks/attention-bench", swiftSettings: fast + [v5]),
+        .executableTarget(name: "nf4-gemm", dependencies: ["Quantization", "Kernels"], path: "Benchmarks/nf4-gemm", swiftSettings: fast + [v5]),
         .executableTarget(name: "train-step", dependencies: ["Llama", "ModelFormats", "Kernels", "Quantization"], path: "Benchmarks/train-step", swiftSettings: fast + [v5]),
 
         // MARK: - Tests

@@ -114,7 +114,7 @@ do {
             BLAS.sgemm(transB: true, m: t, n: n, k: k, a: a.baseAddress!, b: $0.baseAddress!, c: o.baseAddress!) } } }
     }
     print("  check max rel err vs fp32 sgemm on the dequantized weight: \(maxRel(out, ref))")
-    let b1: String = "  dequant+sgemm: \(f(tq * 1e3)) ms, \(f(flops / tq / 1e9, 1)) GFLOP/s"
+    let b1: String = "  NF4Gemm (decoded into packed panels): \(f(tq * 1e3)) ms, \(f(flops / tq / 1e9, 1)) GFLOP/s"
     let b2: String = " | plain sgemm: \(f(tf * 1e3)) ms, \(f(flops / tf / 1e9, 1)) GFLOP/s | time ratio \(f(tq / tf))"
     print(b1 + b2)
     var dIn = [Float](repeating: 0, count: t * k)

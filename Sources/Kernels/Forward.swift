@@ -71,65 +71,12 @@ public func softmaxForward(x: UnsafeMutablePointer<Float>, count n: Int) {
     qlora_softmax_forward(x, Int64(n))
 }
 
-/// Causal grouped-query attention for T new tokens at positions startPosition ..< startPosition+T.
-///
-/// - out: [T, heads·D]; q: [T, heads·D] (already rotated)
-/// - keys, values: the cache rows for positions 0 ..< startPosition+T, each row kvHeads·D floats
-///   (already holding the new tokens' rotated keys and values)
-/// - scratch: `attentionScratchCount(tokens:keys:workers:)` floats
-/// - window: if set, a query at position p sees keys p−window+1 … p (Mistral's sliding window)
-///
-/// Query head h reads kv head h / (heads/kvHeads) (repeat_interleave). Heads run in parallel over
-/// `threads` workers with single-threaded BLAS inside.
-public func attentionForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
-                             keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
-                             scratch: UnsafeMutablePointer<Float>,
-                             tokens T: Int, startPosition: Int, heads: Int, kvHeads: Int, headDim D: Int,
-                             window: Int? = nil, threads: Int = coreCount) {
-    let S = startPosition + T            // keys visible to the last query
-    let qDim = heads * D, kvDim = kvHeads * D
-    let group = heads / kvHeads
-    let scale = 1 / Float(D).squareRoot()
-    let workers = max(1, min(threads, heads))
-    BLAS.setThreads(1)
-    parallelFor(workers) { w in
-        let att = scratch + w * T * S    // [T, S] scores of this worker's current head
-        var h = w
-        while h < heads {
-            let qh = q + h * D, oh = out + h * D
-            let kh = keys + (h / group) * D, vh = values + (h / group) * D
-            if T == 1 {
-                let lo = window.map { max(0, S - $0) } ?? 0
-                let n = S - lo
-                BLAS.sgemv(m: n, n: D, alpha: scale, a: kh + lo * kvDim, lda: kvDim, x: qh, y: att)
-                qlora_softmax_forward(att, Int64(n))
-                BLAS.sgemv(trans: true, m: n, n: D, a: vh + lo * kvDim, lda: kvDim, x: att, y: oh)
-            } else {
-                BLAS.sgemm(transB: true, m: T, n: S, k: D, alpha: scale, a: qh, lda: qDim, b: kh, ldb: kvDim,
-                           c: att, ldc: S)
-                for t in 0..<T {
-                    let row = att + t * S
-                    let hi = startPosition + t + 1                    // keys 0 ..< hi are causal
-                    let lo = window.map { max(0, hi - $0) } ?? 0
-                    if lo > 0 { row.update(repeating: 0, count: lo) }
-                    qlora_softmax_forward(row + lo, Int64(hi - lo))
-                    if hi < S { (row + hi).update(repeating: 0, count: S - hi) }
-                }
-                BLAS.sgemm(m: T, n: D, k: S, a: att, lda: S, b: vh, ldb: kvDim, c: oh, ldc: qDim)
-            }
-            h += workers
-        }
-    }
-}
-
-/// Floats of scratch `attentionForward` needs for T new tokens seeing S keys.
-public func attentionScratchCount(tokens T: Int, keys S: Int, heads: Int, threads: Int = coreCount) -> Int {
-    max(1, min(threads, heads)) * T * S
-}
-
 /// Makes the C kernels use their portable bodies (true) or pick AVX2 at run time again (false).
 /// For tests that check both paths.
-public func forcePortableKernels(_ on: Bool) { qlora_force_portable(on ? 1 : 0) }
+public func forcePortableKernels(_ on: Bool) {
+    qlora_force_portable(on ? 1 : 0)
+    qlora_attention_force_portable(on ? 1 : 0)
+}
 
 /// Whether the AVX2+FMA kernel bodies can run on this CPU.
 public var cpuHasAVX2: Bool { qlora_cpu_has_avx2() != 0 }

@@ -13,8 +13,8 @@ public struct LoRAModelBuffer: Sendable, Equatable {
     /// where neither is available).
     public var allocatedBytes: Int
     /// Bytes of it a training step writes or reads (resident once the step has run): all of it,
-    /// except the logits (only `LoRAModel.headChunk` rows) and the NF4 workspace (the tile rows of
-    /// the widest 4-bit weight or Q8_0 LM head that fit).
+    /// except the logits (only `LoRAModel.headChunk` rows) and the NF4 workspace (the tile rows of a
+    /// Q8_0 LM head that fit; none for a float32 head).
     public var trainingBytes: Int
 }
 
@@ -59,17 +59,18 @@ extension LoRAModel {
         f("maskedInput", maskedInput, N * maxIn)
         add("token arrays", UnsafeMutableRawPointer(targetsBuf), requested: 5 * N * MemoryLayout<Int>.stride)
         add("dropout mask", UnsafeMutableRawPointer(mask), requested: N * maxIn)
-        // The workspace's buffer is internal to Quantization: its capacity is public. A step dequantizes
-        // tiles of whole rows into it: at most capacity / cols rows of the widest 4-bit weight, or of a
-        // Q8_0 LM head, at once.
-        func tileFloats(rows: Int, cols: Int) -> Int { max(1, min(rows, workspace.capacity / max(cols, 1))) * cols }
+        // The workspace's buffer is internal to Quantization: its capacity is public. Only a Q8_0 LM
+        // head dequantizes tiles into it (capacity / cols whole rows at a time); the 4-bit weights go
+        // through NF4Gemm, whose packing buffers a step touches whole.
         var touched = 0
-        for layer in weights.layers {
-            for w in layer.linearWeights where w.quantizedTensor != nil { touched = max(touched, tileFloats(rows: w.rows, cols: w.cols)) }
+        if case let .q8_0(head) = weights.lmHead {
+            touched = max(1, min(head.rows, workspace.capacity / max(head.cols, 1))) * head.cols
         }
-        if case let .q8_0(head) = weights.lmHead { touched = max(touched, tileFloats(rows: head.rows, cols: head.cols)) }
         out.append(LoRAModelBuffer(name: "NF4 workspace", allocatedBytes: 4 * workspace.capacity,
                                    trainingBytes: 4 * min(touched, workspace.capacity)))
+        let quantized = weights.layers.contains { $0.linearWeights.contains { $0.quantizedTensor != nil } }
+        out.append(LoRAModelBuffer(name: "NF4Gemm packing", allocatedBytes: workspace.gemm.bytes,
+                                   trainingBytes: quantized ? workspace.gemm.bytes : 0))
         add("LoRA parameters", UnsafeMutableRawPointer(parameterStorage.baseAddress!), requested: 4 * parameterStorage.count)
         add("LoRA gradients", UnsafeMutableRawPointer(gradientStorage.baseAddress!), requested: 4 * gradientStorage.count)
         return out

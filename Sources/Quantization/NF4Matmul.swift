@@ -8,10 +8,15 @@ public final class NF4Workspace: @unchecked Sendable {
     public private(set) var capacity: Int
     @usableFromInline private(set) var buffer: UnsafeMutablePointer<Float>
 
+    /// Packing buffers of `NF4Gemm`, which multiplies 4-bit weights by more than one row (training,
+    /// prefill) without a dequantized tile.
+    public let gemm: NF4GemmWorkspace
+
     /// A workspace of `capacity` floats (default 256 Ki floats = 1 MiB, e.g. 455 rows of 576).
     public init(capacity: Int = 1 << 18) {
         self.capacity = max(capacity, 1)
         buffer = .allocate(capacity: self.capacity)
+        gemm = NF4GemmWorkspace()
     }
 
     deinit { buffer.deallocate() }
@@ -28,24 +33,41 @@ public final class NF4Workspace: @unchecked Sendable {
 /// Products with a frozen 4-bit weight W [out, in] (QuantizedTensor4Bit), llm.c style:
 /// outputs first, then inputs, then sizes. Row-major; `rows` = number of token rows.
 public enum NF4Matmul {
-    /// out[rows, out] = inp[rows, in] · Wᵀ. Dequantizes W a tile of rows at a time into the
-    /// workspace and calls sgemm per tile; rows == 1 uses the fused GEMV instead.
+    /// out[rows, out] = inp[rows, in] · Wᵀ: the fused GEMV for one row, else `NF4Gemm` (W decoded
+    /// straight into its packed panels).
     public static func forward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
                                weight: QuantizedTensor4Bit, rows: Int, workspace: NF4Workspace) {
-        let (n, k) = (weight.rows, weight.columns)
         if rows == 1 { gemv(out: out, inp: inp, weight: weight); return }
+        NF4Gemm.forward(out: out, inp: inp, weight: weight, rows: rows, workspace: workspace.gemm)
+    }
+
+    /// dInp[rows, in] (+)= dOut[rows, out] · W (`NF4Gemm`). Overwrites dInp unless `accumulate`.
+    public static func backwardInput(dInp: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Float>,
+                                     weight: QuantizedTensor4Bit, rows: Int, workspace: NF4Workspace,
+                                     accumulate: Bool = false) {
+        NF4Gemm.backwardInput(dInp: dInp, dOut: dOut, weight: weight, rows: rows, workspace: workspace.gemm,
+                              accumulate: accumulate)
+    }
+
+    /// The products above the way they were computed before `NF4Gemm`: W dequantized a tile of rows
+    /// at a time into the workspace, then OpenBLAS sgemm per tile. Kept as the benchmarks' baseline.
+    public static func forwardTiled(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
+                                    weight: QuantizedTensor4Bit, rows: Int, workspace: NF4Workspace) {
+        let (n, k) = (weight.rows, weight.columns)
+        BLAS.setThreads(coreCount)
         forEachTile(weight, workspace) { r0, tile, w in
             // out[:, r0..<r0+tile] = inp · w[tile, k]ᵀ
             BLAS.sgemm(transB: true, m: rows, n: tile, k: k, a: inp, b: w, c: out + r0, ldc: n)
         }
     }
 
-    /// dInp[rows, in] (+)= dOut[rows, out] · W. Overwrites dInp unless `accumulate`.
-    public static func backwardInput(dInp: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Float>,
-                                     weight: QuantizedTensor4Bit, rows: Int, workspace: NF4Workspace,
-                                     accumulate: Bool = false) {
+    /// dInp (+)= dOut · W as `forwardTiled` does it (the benchmarks' baseline).
+    public static func backwardInputTiled(dInp: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Float>,
+                                          weight: QuantizedTensor4Bit, rows: Int, workspace: NF4Workspace,
+                                          accumulate: Bool = false) {
         let (n, k) = (weight.rows, weight.columns)
         var first = !accumulate
+        BLAS.setThreads(coreCount)
         forEachTile(weight, workspace) { r0, tile, w in
             BLAS.sgemm(m: rows, n: k, k: tile, a: dOut + r0, lda: n, b: w, beta: first ? 0 : 1, c: dInp)
             first = false

@@ -85,13 +85,14 @@ struct PlanCommand: ParsableCommand {
                                         forwardOnlyLogits: validation)
         let throughput = noProbe ? MemoryPlan.Throughput.calibrated
             : try MemoryPlan.Throughput.measure(config: config, options: options)
+        let q8Head = (separate ? storage.lmHead : storage.embedding) == .q8_0
         let plan = MemoryPlan.estimate(config: config, baseBytes: base, options: options, quantizedBase: policy.isQuantized,
-                                       throughput: throughput)
+                                       q8Head: q8Head, throughput: throughput)
         var fit: (batchSize: Int, gradientCheckpointing: Bool)? = nil
         let budget = maxMemory.flatMap(PlanCommand.parseBytes)
         if let budget {
             fit = MemoryPlan.fit(budget: budget, config: config, baseBytes: base, options: options, maxBatchSize: batchSize,
-                                 quantizedBase: policy.isQuantized)
+                                 quantizedBase: policy.isQuantized, q8Head: q8Head)
         }
         if json {
             var out: [String: Any] = ["model": name, "seq_len": seqLen, "batch_size": batchSize, "lora_rank": loraRank,

@@ -153,7 +153,8 @@ struct TrainCommand: ParsableCommand {
                                                 inferenceContext: options.maxSeqLen)
             guard let fit = MemoryPlan.fit(budget: budget, config: bundle.config, baseBytes: MemoryPlan.baseBytes(bundle.model.weights),
                                            options: planOptions, maxBatchSize: options.batchSize,
-                                           quantizedBase: bundle.quantization.isQuantized) else {
+                                           quantizedBase: bundle.quantization.isQuantized,
+                                           q8Head: bundle.model.weights.lmHead.q8Matrix != nil) else {
                 throw ValidationError("--max-memory \(text): even batch size 1 with gradient checkpointing is predicted not to fit (see qlora plan)")
             }
             let effective = options.batchSize * options.gradAccum

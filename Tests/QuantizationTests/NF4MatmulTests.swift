@@ -141,10 +141,24 @@ struct Shape: CustomTestStringConvertible, Sendable {
         } }
         #expect(maxRelativeError(dInp, refIn) < 1e-5)
 
+        // The tiled baseline (dequantized tiles + sgemm) the benchmarks compare against.
+        var tiledOut = [Float](repeating: .nan, count: t * n), tiledIn = [Float](repeating: 1, count: t * k)
+        tiledOut.withUnsafeMutableBufferPointer { o in
+            inp.withUnsafeBufferPointer { NF4Matmul.forwardTiled(out: o.baseAddress!, inp: $0.baseAddress!, weight: w, rows: t, workspace: ws) }
+        }
+        tiledIn.withUnsafeMutableBufferPointer { d in
+            dOut.withUnsafeBufferPointer {
+                NF4Matmul.backwardInputTiled(dInp: d.baseAddress!, dOut: $0.baseAddress!, weight: w, rows: t, workspace: ws,
+                                             accumulate: true)
+            }
+        }
+        #expect(maxRelativeError(tiledOut, refOut) < 1e-5)
+        #expect(maxRelativeError(tiledIn, refIn) < 1e-5)
+
         let tiny = NF4Workspace(capacity: 4)  // smaller than one row: grows once
         var one = [Float](repeating: .nan, count: 2 * n)
         one.withUnsafeMutableBufferPointer { o in
-            inp.withUnsafeBufferPointer { NF4Matmul.forward(out: o.baseAddress!, inp: $0.baseAddress!, weight: w, rows: 2, workspace: tiny) }
+            inp.withUnsafeBufferPointer { NF4Matmul.forwardTiled(out: o.baseAddress!, inp: $0.baseAddress!, weight: w, rows: 2, workspace: tiny) }
         }
         #expect(maxRelativeError(one, Array(refOut.prefix(2 * n))) < 1e-5)
     }

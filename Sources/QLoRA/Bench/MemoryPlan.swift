@@ -138,15 +138,15 @@ public struct MemoryPlan: Sendable, Equatable {
         return (n + 1) / 2 + scales + tables
     }
 
-    /// Floats of `LoRAModel`'s NF4 workspace a training step touches: its capacity is
-    /// max(256 Ki, 64 · widest input, min(largest weight, 4 Mi)) floats, and a product dequantizes
-    /// tiles of capacity / cols whole rows.
-    static func trainingWorkspaceFloats(_ c: LlamaConfig) -> Int {
+    /// Floats of `LoRAModel`'s NF4 workspace a training step touches: only a Q8_0 LM head uses it
+    /// (the 4-bit weights go through NF4Gemm's packing buffers), dequantizing tiles of capacity /
+    /// hidden whole rows; its capacity is max(256 Ki, 64 · widest input, min(largest weight, 4 Mi)) floats.
+    static func headTileFloats(_ c: LlamaConfig) -> Int {
         let shapes = linearShapes(c)
         let maxIn = max(c.hiddenSize, c.intermediateSize, c.qDim)
         let largest = shapes.map { $0.0 * $0.1 }.max() ?? 0
         let capacity = max(1 << 18, 64 * maxIn, min(largest, 1 << 22))
-        return shapes.map { max(1, min($0.0, capacity / $0.1)) * $0.1 }.max() ?? 0
+        return max(1, min(c.vocabularySize, capacity / c.hiddenSize)) * c.hiddenSize
     }
 
     static func linearShapes(_ c: LlamaConfig) -> [(Int, Int)] {
@@ -158,7 +158,8 @@ public struct MemoryPlan: Sendable, Equatable {
 
     /// The plan for `config` whose base weights take `baseBytes` (see `baseBytes(_:)`).
     public static func estimate(config cfg: LlamaConfig, baseBytes: Int, options o: MemoryPlanOptions,
-                                quantizedBase: Bool = true, throughput: Throughput = .calibrated) -> MemoryPlan {
+                                quantizedBase: Bool = true, q8Head: Bool = false,
+                                throughput: Throughput = .calibrated) -> MemoryPlan {
         let L = cfg.layerCount, C = cfg.hiddenSize, I = cfg.intermediateSize, V = cfg.vocabularySize
         let qd = cfg.qDim, kvd = cfg.kvDim, half = cfg.headDim / 2, H = cfg.headCount
         let B = max(o.batchSize, 1), T = max(o.seqLen, 1), r = max(o.rank, 1), N = B * T
@@ -198,7 +199,8 @@ public struct MemoryPlan: Sendable, Equatable {
         let scratch = att + LoRAModel.loraScratchCount(rows: N, config: cfg, rank: r) + N * maxIn
             + 2 * T * half + 2 * N * half
         items.append(Item(name: "attention, LoRA and RoPE scratch", bytes: 4 * scratch + 5 * MemoryLayout<Int>.stride * N + N * maxIn))
-        items.append(Item(name: "NF4 tile workspace", bytes: quantizedBase ? 4 * trainingWorkspaceFloats(cfg) : 0))
+        items.append(Item(name: "NF4Gemm packing and Q8_0 head tiles",
+                          bytes: (quantizedBase ? NF4GemmWorkspace.defaultBytes : 0) + (q8Head ? 4 * headTileFloats(cfg) : 0)))
         let modelBytes = 2 * 4 * P + items[modelItemsStart...].reduce(0) { $0 + $1.bytes }
         if o.forwardOnlyLogits {
             items.append(Item(name: "logits of a forward-only pass [N, V]", bytes: 4 * (N - logitRows) * V))
@@ -246,14 +248,16 @@ public struct MemoryPlan: Sendable, Equatable {
     /// checkpointing when any batch size fits that way (it is faster per token), else with it.
     /// nil when not even batch 1 with checkpointing fits.
     public static func fit(budget: Int, config: LlamaConfig, baseBytes: Int, options: MemoryPlanOptions,
-                           maxBatchSize: Int, quantizedBase: Bool = true) -> (batchSize: Int, gradientCheckpointing: Bool)? {
+                           maxBatchSize: Int, quantizedBase: Bool = true,
+                           q8Head: Bool = false) -> (batchSize: Int, gradientCheckpointing: Bool)? {
         for checkpointing in [false, true] {
             var best: Int? = nil
             var o = options
             o.gradientCheckpointing = checkpointing
             for b in 1...max(maxBatchSize, 1) {
                 o.batchSize = b
-                if estimate(config: config, baseBytes: baseBytes, options: o, quantizedBase: quantizedBase).peakBytes <= budget {
+                if estimate(config: config, baseBytes: baseBytes, options: o, quantizedBase: quantizedBase,
+                            q8Head: q8Head).peakBytes <= budget {
                     best = b
                 } else {
                     break

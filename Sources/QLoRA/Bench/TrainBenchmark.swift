@@ -261,7 +261,7 @@ public enum TrainBenchmark {
         let base = MemoryPlan.baseBytes(weights)
         let quantized = weights.layers.first?.wq.quantizedTensor != nil
         let plan = MemoryPlan.estimate(config: cfg, baseBytes: base, options: planOptions, quantizedBase: quantized,
-                                       throughput: throughput)
+                                       q8Head: weights.lmHead.q8Matrix != nil, throughput: throughput)
         let step = median(stepSeconds), fbm = median(fb)
         return TrainBenchmarkResult(
             options: o, tokensPerSecond: Double(o.batchSize * o.seqLen) / max(step, 1e-12), secondsPerStep: step,

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include "nf4.h"   // 4-bit (NF4/FP4/Int4) dequantization and GEMV
+#include "nf4gemm.h"   // GEMM with 4-bit weights decoded into the packed B panels
 
 /// 1 when the CPU has AVX2+FMA+F16C (checked once at run time).
 int qlora_cpu_has_avx2(void);
