@@ -82,7 +82,6 @@ enum Old {
     static func trainForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
                              v: UnsafePointer<Float>, seg: UnsafePointer<Int>?, scratch: UnsafeMutablePointer<Float>,
                              T: Int, heads: Int, kvHeads: Int, D: Int, batch: Int, threads: Int) {
-        BLAS.setThreads(1)
         let qDim = heads * D, kvDim = kvHeads * D, group = heads / kvHeads
         let scale = 1 / Float(D).squareRoot()
         let workers = max(1, min(threads, heads)), items = batch * heads
@@ -144,7 +143,6 @@ enum Old {
                          dOut: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
                          v: UnsafePointer<Float>, seg: UnsafePointer<Int>?, scratch: UnsafeMutablePointer<Float>,
                          T: Int, heads: Int, kvHeads: Int, D: Int, batch: Int, threads: Int) {
-        BLAS.setThreads(1)
         let qDim = heads * D, kvDim = kvHeads * D, group = heads / kvHeads
         let scale = 1 / Float(D).squareRoot()
         let workers = max(1, min(threads, heads)), groupItems = batch * kvHeads
@@ -171,7 +169,6 @@ enum Old {
         let kvDim = kvHeads * D, group = heads / kvHeads
         let scale = 1 / Float(D).squareRoot()
         let workers = max(1, min(threads, heads))
-        BLAS.setThreads(1)
         parallelFor(workers) { w in
             let att = scratch + w * S
             var h = w
@@ -195,7 +192,6 @@ do {   // calibration: what one core's OpenBLAS sgemm reaches on this machine ri
     let n = 768
     let a = buffer(n * n), b = buffer(n * n), c = buffer(n * n)
     fill(a, n * n); fill(b, n * n)
-    BLAS.setThreads(1)
     let (t, _) = timePair(runs: 5, inner: 2, { BLAS.sgemm(m: n, n: n, k: n, a: a, b: b, c: c) }, {})
     let fl = 2 * Double(n * n * n)
     print("calibration: 1-thread OpenBLAS sgemm \(n)³: \(f(fl / t.0 / 1e9, 1)) GF/s (best), \(f(fl / t.1 / 1e9, 1)) (median)")

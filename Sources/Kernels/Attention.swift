@@ -40,7 +40,6 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<
                         kvHeads: kvHeads, headDim: D, scale: scale, workers: workers)
         return
     }
-    BLAS.setThreads(1)
     parallelFor(workers) { w in
         let att = scratch + w * T * S    // [T, S] scores of this worker's current head
         var h = w
@@ -183,7 +182,6 @@ public func attentionTrainForward(out: UnsafeMutablePointer<Float>, q: UnsafePoi
                                   tokens T: Int, heads: Int, kvHeads: Int, headDim D: Int, batch: Int = 1,
                                   threads: Int = coreCount) {
     guard attentionKernelApplies(heads: heads, kvHeads: kvHeads, headDim: D) else {
-        BLAS.setThreads(1)
         attentionTrainForwardImpl(out: out, q: q, k: k, v: v, segmentStart: segmentStart, scratch: scratch,
                                   tokens: T, heads: heads, kvHeads: kvHeads, headDim: D, batch: batch, threads: threads)
         return
@@ -194,7 +192,6 @@ public func attentionTrainForward(out: UnsafeMutablePointer<Float>, q: UnsafePoi
     let perWorker = attentionTrainForwardPerWorker(tokens: T, heads: heads)
     let R = attentionKernelBlockRows(tokens: T, group: g)
     guard attentionKernelForwardScratch(tokens: T, group: g, headDim: D) <= perWorker else {
-        BLAS.setThreads(1)
         attentionTrainForwardImpl(out: out, q: q, k: k, v: v, segmentStart: segmentStart, scratch: scratch,
                                   tokens: T, heads: heads, kvHeads: kvHeads, headDim: D, batch: batch, threads: threads)
         return
@@ -310,7 +307,6 @@ public func attentionBackward(dQ: UnsafeMutablePointer<Float>, dK: UnsafeMutable
                               tokens T: Int, heads: Int, kvHeads: Int, headDim D: Int, batch: Int = 1,
                               threads: Int = coreCount) {
     guard attentionKernelApplies(heads: heads, kvHeads: kvHeads, headDim: D) else {
-        BLAS.setThreads(1)
         attentionBackwardImpl(dQ: dQ, dK: dK, dV: dV, dOut: dOut, q: q, k: k, v: v, segmentStart: segmentStart,
                               scratch: scratch, tokens: T, heads: heads, kvHeads: kvHeads, headDim: D, batch: batch,
                               threads: threads)

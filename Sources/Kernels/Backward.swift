@@ -200,9 +200,7 @@ func siluMulForwardImpl<S: KernelScalar>(out: UnsafeMutablePointer<S>, gate: Uns
 /// Backward of `matmulForward` (out = inp · Wᵀ) for the input: dInp[T, C] += dOut[T, OC] · W[OC, C].
 /// (The 4-bit weight's is `NF4Matmul.backwardInput`.)
 public func matmulBackwardInput(dInp: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Float>,
-                                weight: UnsafePointer<Float>, rows T: Int, inChannels C: Int, outChannels OC: Int,
-                                threads: Int = coreCount) {
-    BLAS.setThreads(threads)
+                                weight: UnsafePointer<Float>, rows T: Int, inChannels C: Int, outChannels OC: Int) {
     matmulBackwardInputImpl(dInp: dInp, dOut: dOut, weight: weight, rows: T, inChannels: C, outChannels: OC)
 }
 
@@ -210,8 +208,7 @@ public func matmulBackwardInput(dInp: UnsafeMutablePointer<Float>, dOut: UnsafeP
 /// and dBias[OC] += Σ_t dOut (if given). Not used by QLoRA (base weights are frozen); for completeness.
 public func matmulBackwardWeight(dWeight: UnsafeMutablePointer<Float>, dBias: UnsafeMutablePointer<Float>?,
                                  dOut: UnsafePointer<Float>, inp: UnsafePointer<Float>,
-                                 rows T: Int, inChannels C: Int, outChannels OC: Int, threads: Int = coreCount) {
-    BLAS.setThreads(threads)
+                                 rows T: Int, inChannels C: Int, outChannels OC: Int) {
     matmulBackwardWeightImpl(dWeight: dWeight, dBias: dBias, dOut: dOut, inp: inp, rows: T, inChannels: C,
                              outChannels: OC)
 }

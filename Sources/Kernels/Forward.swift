@@ -22,12 +22,11 @@ public func rmsnormForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<
 }
 
 /// out[T, OC] = inp[T, C] · weight[OC, C]ᵀ (+ bias[OC]). For T = 1 our AVX2 GEMV split over the output
-/// rows across `threads` workers; for T > 1 one sgemm with `threads` BLAS threads.
+/// rows across the cores (64 rows at least per worker); for T > 1 one sgemm (`BLAS.sgemm` splits it).
 public func matmulForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
-                          bias: UnsafePointer<Float>?, rows T: Int, inChannels C: Int, outChannels OC: Int,
-                          threads: Int = coreCount) {
+                          bias: UnsafePointer<Float>?, rows T: Int, inChannels C: Int, outChannels OC: Int) {
     if T == 1 {
-        let workers = max(1, min(threads, OC / 64))
+        let workers = max(1, min(coreCount, OC / 64))
         let chunk = (OC + workers - 1) / workers
         parallelFor(workers) { w in
             let lo = w * chunk, n = min(OC, lo + chunk) - lo
@@ -36,7 +35,6 @@ public func matmulForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<F
         }
         return
     }
-    BLAS.setThreads(threads)
     if let bias {
         for t in 0..<T { (out + t * OC).update(from: bias, count: OC) }
     }

@@ -2,7 +2,7 @@
 //   out[N, out] += scale · (u · Aᵀ) · Bᵀ,   u = dropout(x) = x ⊙ mask / (1 − p)   (inverted dropout)
 // with A [rank, in], B [out, rank], scale = lora_alpha / r. The frozen base product (dense or 4-bit)
 // is computed separately by the caller into `out` first; the LoRA branch adds to it.
-// Every call is a few sgemm calls with `threads` BLAS threads; nothing allocates.
+// Every call is a few sgemm calls (`BLAS.sgemm` splits the large ones over the cores); nothing allocates.
 
 /// Keep-mask for LoRA dropout: mask[i] = 1 (keep) with probability 1 − p, else 0, a pure function of
 /// (seed, i) (SplitMix64), so a step is reproducible and backward can re-read the same mask.
@@ -31,9 +31,7 @@ public func loraForward(out: UnsafeMutablePointer<Float>, h: UnsafeMutablePointe
                         maskedInput: UnsafeMutablePointer<Float>?,
                         inp: UnsafePointer<Float>, mask: UnsafePointer<UInt8>?, dropout p: Float,
                         a: UnsafePointer<Float>, b: UnsafePointer<Float>, scale: Float,
-                        rows N: Int, inChannels C: Int, outChannels OC: Int, rank R: Int,
-                        threads: Int = coreCount) {
-    BLAS.setThreads(threads)
+                        rows N: Int, inChannels C: Int, outChannels OC: Int, rank R: Int) {
     loraForwardImpl(out: out, h: h, maskedInput: maskedInput, inp: inp, mask: mask, dropout: p, a: a, b: b,
                     scale: scale, rows: N, inChannels: C, outChannels: OC, rank: R)
 }
@@ -50,9 +48,7 @@ public func loraBackward(dInp: UnsafeMutablePointer<Float>?, dA: UnsafeMutablePo
                          inp: UnsafePointer<Float>, mask: UnsafePointer<UInt8>?, dropout p: Float,
                          h: UnsafePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>, scale: Float,
                          scratch: UnsafeMutablePointer<Float>,
-                         rows N: Int, inChannels C: Int, outChannels OC: Int, rank R: Int,
-                         threads: Int = coreCount) {
-    BLAS.setThreads(threads)
+                         rows N: Int, inChannels C: Int, outChannels OC: Int, rank R: Int) {
     loraBackwardImpl(dInp: dInp, dA: dA, dB: dB, dOut: dOut, inp: inp, mask: mask, dropout: p, h: h, a: a, b: b,
                      scale: scale, scratch: scratch, rows: N, inChannels: C, outChannels: OC, rank: R)
 }
@@ -161,12 +157,10 @@ public func loraSharedScratchCount(rows N: Int, inChannels C: Int, rank R: Int, 
 /// scratch: `loraSharedScratchCount` floats.
 public func loraForwardShared(outs: [UnsafeMutablePointer<Float>], h: UnsafeMutablePointer<Float>,
                               inp: UnsafePointer<Float>, parts: [LoRASharedPart], scale: Float,
-                              scratch: UnsafeMutablePointer<Float>, rows N: Int, inChannels C: Int, rank R: Int,
-                              threads: Int = coreCount) {
+                              scratch: UnsafeMutablePointer<Float>, rows N: Int, inChannels C: Int, rank R: Int) {
     let g = parts.count, GR = g * R
     let stackedA = scratch + N * GR
     for (i, p) in parts.enumerated() { (stackedA + i * R * C).update(from: p.a, count: R * C) }
-    BLAS.setThreads(threads)
     BLAS.sgemm(transB: true, m: N, n: GR, k: C, a: inp, b: stackedA, c: h)
     for (i, p) in parts.enumerated() {
         BLAS.sgemm(transB: true, m: N, n: p.outChannels, k: R, alpha: scale, a: h + i * R, lda: GR, b: p.b, ldb: R,
@@ -181,10 +175,9 @@ public func loraForwardShared(outs: [UnsafeMutablePointer<Float>], h: UnsafeMuta
 public func loraBackwardShared(dInp: UnsafeMutablePointer<Float>?, dOuts: [UnsafePointer<Float>],
                                inp: UnsafePointer<Float>, h: UnsafePointer<Float>, parts: [LoRASharedPart],
                                scale: Float, scratch: UnsafeMutablePointer<Float>, rows N: Int, inChannels C: Int,
-                               rank R: Int, threads: Int = coreCount) {
+                               rank R: Int) {
     let g = parts.count, GR = g * R
     let dh = scratch, stackedA = scratch + N * GR, dAStack = stackedA + GR * C
-    BLAS.setThreads(threads)
     for (i, p) in parts.enumerated() {
         let oc = p.outChannels
         BLAS.sgemm(transA: true, m: oc, n: R, k: N, alpha: scale, a: dOuts[i], lda: oc, b: h + i * R, ldb: GR,

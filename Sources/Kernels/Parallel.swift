@@ -7,18 +7,21 @@ import _CKernels
 /// Loops run on a small persistent pool (`_CKernels/pool.c`): `coreCount − 1` workers that spin
 /// for ~200 µs after each loop before sleeping, so the many short loops of decoding (several per
 /// layer, ~10–100 µs each) don't pay an OS wake-up each. Iterations are claimed one at a time in
-/// increasing order by the caller and the workers. When the pool is busy (a `parallelFor` inside a
-/// body, or concurrent calls from several threads) the loop runs on
-/// `DispatchQueue.concurrentPerform` instead (the cast only silences Linux Dispatch's `@Sendable`
-/// requirement, SWIFT-PERFORMANCE.md §4).
+/// increasing order by the caller and the workers. A `parallelFor` inside a body runs serially on
+/// its thread (the cores are already busy with the outer loop). When the pool is busy with another
+/// thread's loop, the loop runs on `DispatchQueue.concurrentPerform` instead (the cast only silences
+/// Linux Dispatch's `@Sendable` requirement, SWIFT-PERFORMANCE.md §4).
 @inline(__always)
 public func parallelFor(_ iterations: Int, _ body: (Int) -> Void) {
-    if iterations <= 1 {
-        if iterations == 1 { body(0) }
+    if iterations <= 1 || qlora_pool_inside() != 0 {
+        for i in 0..<max(iterations, 0) { body(i) }
         return
     }
     parallelForPooled(iterations, body)
 }
+
+/// True on a thread that is running an iteration of a `parallelFor` (where a nested one runs serially).
+public var insideParallelFor: Bool { qlora_pool_inside() != 0 }
 
 @usableFromInline
 func parallelForPooled(_ iterations: Int, _ body: (Int) -> Void) {

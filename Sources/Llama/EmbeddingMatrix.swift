@@ -96,7 +96,6 @@ public enum EmbeddingMatrix {
                               workspace: NF4Workspace) {
         switch self {
         case let .dense(p, r, c):
-            BLAS.setThreads(coreCount)
             BLAS.sgemm(m: T, n: c, k: r, a: dOut, b: p, c: dInp)
         case let .q8_0(q):
             q.backwardInput(dInp: dInp, dOut: dOut, rows: T, workspace: workspace)

@@ -46,7 +46,6 @@ public enum LinearWeight {
         case let .dense(w, r, c):
             matmulForward(out: out, inp: inp, weight: w, bias: bias, rows: T, inChannels: c, outChannels: r)
         case let .quantized(q):
-            BLAS.setThreads(coreCount)
             NF4Matmul.forward(out: out, inp: inp, weight: q, rows: T, workspace: workspace)
             if let bias {
                 let r = q.rows
@@ -140,14 +139,13 @@ public final class LinearLoRA {
                            h: UnsafeMutablePointer<Float>) {
         let R = rank, C = inFeatures, OC = outFeatures
         if T == 1 {
-            matmulForward(out: h, inp: inp, weight: a, bias: nil, rows: 1, inChannels: C, outChannels: R, threads: 1)
+            matmulForward(out: h, inp: inp, weight: a, bias: nil, rows: 1, inChannels: C, outChannels: R)
             for r in 0..<R {
                 let s = scale * h[r], row = bt + r * OC
                 for o in 0..<OC { out[o] += s * row[o] }
             }
             return
         }
-        BLAS.setThreads(coreCount)
         BLAS.sgemm(transB: true, m: T, n: R, k: C, a: inp, b: a, c: h)
         BLAS.sgemm(m: T, n: OC, k: R, alpha: scale, a: h, b: bt, beta: 1, c: out)
     }

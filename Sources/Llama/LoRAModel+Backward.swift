@@ -186,7 +186,6 @@ extension LoRAModel {
             case let .dense(p, r, c):
                 matmulBackwardInput(dInp: dInp, dOut: dOut, weight: p, rows: N, inChannels: c, outChannels: r)
             case let .quantized(q):
-                BLAS.setThreads(coreCount)
                 NF4Matmul.backwardInput(dInp: dInp, dOut: dOut, weight: q, rows: N, workspace: workspace, accumulate: true)
             }
         }
@@ -321,7 +320,6 @@ extension LoRAModel {
             rmsnormForward(out: xf, inp: headIn, weight: weights.finalNorm, rows: M, channels: C, epsilon: eps)
         }
         try timed(.head) {
-            BLAS.setThreads(coreCount)
             let head = weights.lmHead
             var c0 = 0
             while c0 < M {

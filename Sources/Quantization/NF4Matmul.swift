@@ -54,7 +54,6 @@ public enum NF4Matmul {
     public static func forwardTiled(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>,
                                     weight: QuantizedTensor4Bit, rows: Int, workspace: NF4Workspace) {
         let (n, k) = (weight.rows, weight.columns)
-        BLAS.setThreads(coreCount)
         forEachTile(weight, workspace) { r0, tile, w in
             // out[:, r0..<r0+tile] = inp · w[tile, k]ᵀ
             BLAS.sgemm(transB: true, m: rows, n: tile, k: k, a: inp, b: w, c: out + r0, ldc: n)
@@ -67,7 +66,6 @@ public enum NF4Matmul {
                                           accumulate: Bool = false) {
         let (n, k) = (weight.rows, weight.columns)
         var first = !accumulate
-        BLAS.setThreads(coreCount)
         forEachTile(weight, workspace) { r0, tile, w in
             BLAS.sgemm(m: rows, n: k, k: tile, a: dOut + r0, lda: n, b: w, beta: first ? 0 : 1, c: dInp)
             first = false

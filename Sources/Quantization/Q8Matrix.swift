@@ -118,7 +118,6 @@ public final class Q8Matrix: @unchecked Sendable {
                         workspace: NF4Workspace) {
         if T == 1 { gemv(out: out, inp: inp); return }
         let n = rows, k = cols
-        BLAS.setThreads(coreCount)
         forEachTile(workspace) { r0, tile, w in
             BLAS.sgemm(transB: true, m: T, n: tile, k: k, a: inp, b: w, c: out + r0, ldc: n)
         }
@@ -130,7 +129,6 @@ public final class Q8Matrix: @unchecked Sendable {
                               rows T: Int, workspace: NF4Workspace, accumulate: Bool = false) {
         let k = cols, ld = ldOut ?? rows
         var first = !accumulate
-        BLAS.setThreads(coreCount)
         forEachTile(workspace) { r0, tile, w in
             BLAS.sgemm(m: T, n: k, k: tile, a: dOut + r0, lda: ld, b: w, beta: first ? 0 : 1, c: dInp)
             first = false

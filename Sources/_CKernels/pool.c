@@ -51,9 +51,16 @@ void qlora_pool_set_spin_us(int64_t microseconds) {
 #define TICKET_MASK ((1u << TICKET_BITS) - 1)
 #define GEN_MASK 0xFFFFFFu
 
+// Set on a thread while it runs a loop's iterations (the caller's and the workers'): a loop
+// started from inside a body is nested.
+static _Thread_local int inside_loop;
+
+int qlora_pool_inside(void) { return inside_loop; }
+
 // Claims and runs iterations of generation g until none are left; returns how many it ran.
 static int64_t run_iterations(uint64_t g, qlora_pool_body body, void *context) {
     int64_t ran = 0;
+    inside_loop = 1;
     uint64_t t = atomic_load_explicit(&P.ticket, memory_order_acquire);
     for (;;) {
         const uint64_t index = t & TICKET_MASK, count = (t >> TICKET_BITS) & TICKET_MASK;
@@ -65,6 +72,7 @@ static int64_t run_iterations(uint64_t g, qlora_pool_body body, void *context) {
         atomic_fetch_add_explicit(&P.done, 1, memory_order_release);
         t = atomic_load_explicit(&P.ticket, memory_order_acquire);
     }
+    inside_loop = 0;
     return ran;
 }
 

@@ -1,6 +1,7 @@
 // parallelFor on the persistent pool (Sources/_CKernels/pool.c): every iteration runs exactly once,
-// for many sizes and many back-to-back small loops; nested loops and concurrent callers (which
-// fall back to Dispatch) stay exact; iterations beyond the pool's 2^20 limit still run.
+// for many sizes and many back-to-back small loops; nested loops (serial on their thread) and
+// concurrent callers (which fall back to Dispatch) stay exact; iterations beyond the pool's 2^20
+// limit still run.
 import Dispatch
 import Foundation
 import Testing
@@ -27,12 +28,20 @@ import _CKernels
         #expect(hits.values == expected)
     }
 
-    @Test func nestedLoopsRunExactlyOnce() {
-        let hits = Atomics(6 * 9)
+    @Test func nestedLoopsRunExactlyOnceSeriallyOnTheirThread() {
+        let hits = Atomics(6 * 9), foreign = Atomics(1)
+        #expect(!insideParallelFor)
         parallelFor(6) { i in
-            parallelFor(9) { j in hits.add(i * 9 + j) }
+            #expect(insideParallelFor)
+            let outer = pthread_self()
+            parallelFor(9) { j in
+                hits.add(i * 9 + j)
+                if pthread_equal(pthread_self(), outer) == 0 { foreign.add(0) }
+            }
         }
+        #expect(!insideParallelFor)
         #expect(hits.values == [Int](repeating: 1, count: 6 * 9))
+        #expect(foreign.values == [0])
     }
 
     @Test func concurrentCallersRunExactlyOnce() {

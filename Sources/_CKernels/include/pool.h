@@ -16,6 +16,9 @@ typedef void (*qlora_pool_body)(void *context, int64_t index);
 /// caller must then run the loop another way.
 int qlora_pool_run(int64_t iterations, int threads, qlora_pool_body body, void *context);
 
+/// 1 on a thread that is running iterations of a loop (a call from inside a body), else 0.
+int qlora_pool_inside(void);
+
 /// How long idle workers spin before sleeping, in microseconds (default 200; 0 = sleep at once).
 void qlora_pool_set_spin_us(int64_t microseconds);
 
