@@ -11,6 +11,7 @@
 // to 3 query heads of a kv head in registers at once.
 #include "attention.h"
 #include "CKernels.h"
+#include "kernels_internal.h"
 #include <math.h>
 #include <string.h>
 
@@ -72,26 +73,7 @@ static void decode_portable(float *out, const float *q, const float *keys, const
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline))
 
-// exp(x) for 8 lanes (the polynomial of forward.c: Cephes range reduction, degree-5, rel. error ≲ 2e-7).
-AVX2 INLINE __m256 att_exp256(__m256 x) {
-    x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3365447504f));
-    __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
-    fx = _mm256_floor_ps(fx);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-    __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
-    __m256 x2 = _mm256_mul_ps(x, x);
-    y = _mm256_fmadd_ps(y, x2, _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127));
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(e, 23)));
-}
-AVX2 INLINE float att_exp1(float x) { return _mm256_cvtss_f32(att_exp256(_mm256_set1_ps(x))); }
+AVX2 INLINE float att_exp1(float x) { return _mm256_cvtss_f32(exp256(_mm256_set1_ps(x))); }
 
 AVX2 INLINE float att_hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -207,7 +189,7 @@ AVX2 INLINE void dec_group(float *out, const float *q, const float *keys, const 
             m[h] = mn;
             __m256 vmn = _mm256_set1_ps(mn), sum = _mm256_setzero_ps();
             for (j = 0; j + 8 <= nb; j += 8) {
-                __m256 e = att_exp256(_mm256_sub_ps(_mm256_loadu_ps(sh + j), vmn));
+                __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(sh + j), vmn));
                 _mm256_storeu_ps(sh + j, e);
                 sum = _mm256_add_ps(sum, e);
             }
@@ -368,7 +350,7 @@ AVX2 static void att_softmax_row(float *row, int64_t cl, int64_t ch, int64_t ldS
     vm = _mm256_set1_ps(m);
     __m256 vs = _mm256_setzero_ps();
     for (i = 0; i + 8 <= n; i += 8) {
-        __m256 e = att_exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
         _mm256_storeu_ps(x + i, e);
         vs = _mm256_add_ps(vs, e);
     }

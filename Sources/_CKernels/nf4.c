@@ -1,6 +1,7 @@
 // 4-bit blockwise (NF4 / FP4 / Int4) dequantization and fused matrix-vector product. See nf4.h.
 #include "nf4.h"
 #include "CKernels.h"
+#include "kernels_internal.h"
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define QLORA_X86 1
@@ -14,12 +15,6 @@ static int nf4_force_portable = 0;
 void qlora_nf4_force_portable(int force) { nf4_force_portable = force; }
 static inline int nf4_use_avx2(void) { return !nf4_force_portable && qlora_cpu_has_avx2(); }
 
-static inline float block_scale(const qlora_nf4_weight *w, int64_t b) {
-    if (w->qabsmax == 0) return w->absmax[b];
-    float s = w->nested_map[w->qabsmax[b]] * w->nested_absmax[b / w->nested_blocksize];
-    float r = s + w->offset;
-    return r;
-}
 
 static inline int nibble(const uint8_t *packed, int64_t i) {
     uint8_t byte = packed[i >> 1];
@@ -27,7 +22,7 @@ static inline int nibble(const uint8_t *packed, int64_t i) {
 }
 
 void qlora_nf4_block_scales(float *out, const qlora_nf4_weight *w, int64_t block_begin, int64_t block_end) {
-    for (int64_t b = block_begin; b < block_end; b++) out[b - block_begin] = block_scale(w, b);
+    for (int64_t b = block_begin; b < block_end; b++) out[b - block_begin] = nf4_block_scale(w, b);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -39,7 +34,7 @@ static void dequantize_portable(float *out, const qlora_nf4_weight *w, int64_t s
     while (i < end) {
         int64_t b = i / bs;
         int64_t stop = (b + 1) * bs < end ? (b + 1) * bs : end;
-        float scale = block_scale(w, b);
+        float scale = nf4_block_scale(w, b);
         for (; i < stop; i++) out[i - start] = w->code[nibble(w->packed, i)] * scale;
     }
 }
@@ -55,7 +50,7 @@ static void gemv_portable(float *y, const qlora_nf4_weight *w, const float *x, i
             int64_t stop = (b + 1) * bs < end ? (b + 1) * bs : end;
             float part = 0.0f;
             for (; i < stop; i++) part += w->code[nibble(w->packed, i)] * x[i - r * cols];
-            sum += part * block_scale(w, b);
+            sum += part * nf4_block_scale(w, b);
         }
         y[r - row_begin] = sum;
     }
@@ -98,7 +93,7 @@ AVX2_TARGET static void dequantize_avx2(float *out, const qlora_nf4_weight *w, i
     const int64_t bs = w->blocksize;
     int64_t i = head;
     for (; i + 32 <= end; i += 32) {
-        __m256 s = _mm256_set1_ps(block_scale(w, i / bs));
+        __m256 s = _mm256_set1_ps(nf4_block_scale(w, i / bs));
         __m256i idx[4];
         unpack32(w->packed + (i >> 1), idx);
         float *o = out + (i - start);
@@ -127,12 +122,6 @@ static inline float block_scale_fast(const qlora_nf4_weight *w, int64_t b, int n
     return r;
 }
 
-static inline int log2_exact(int64_t v) {
-    if (v <= 0 || (v & (v - 1)) != 0) return -1;
-    int k = 0;
-    while ((1LL << k) < v) k++;
-    return k;
-}
 
 // R rows at once (R = 4 or 1; always_inline so each R is its own unrolled body). For each group of
 // 8 weights (4 bytes) the codes are decoded in registers: the 32-bit word is broadcast, shifted

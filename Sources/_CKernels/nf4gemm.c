@@ -10,6 +10,7 @@
 // to summation order.
 #include "nf4gemm.h"
 #include "CKernels.h"
+#include "kernels_internal.h"
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define QLORA_X86 1
@@ -32,19 +33,7 @@ int64_t qlora_nf4_gemm_pack_floats(void) { return (int64_t)KC_MAX * NC_MAX; }
 static int gemm_force_portable = 0;
 void qlora_nf4_gemm_force_portable(int force) { gemm_force_portable = force; }
 
-static inline float block_scale(const qlora_nf4_weight *w, int64_t b) {
-    if (w->qabsmax == 0) return w->absmax[b];
-    float s = w->nested_map[w->qabsmax[b]] * w->nested_absmax[b / w->nested_blocksize];
-    float r = s + w->offset;
-    return r;
-}
 
-static inline int log2_exact(int64_t v) {
-    if (v <= 0 || (v & (v - 1)) != 0) return -1;
-    int k = 0;
-    while ((1LL << k) < v) k++;
-    return k;
-}
 
 static inline int64_t block_of(const qlora_nf4_weight *w, int64_t i, int bshift) {
     return bshift >= 0 ? (i >> bshift) : i / w->blocksize;
@@ -54,7 +43,7 @@ static inline int64_t block_of(const qlora_nf4_weight *w, int64_t i, int bshift)
 typedef struct { int64_t block; float scale; } scale_cache;
 static inline float value_at(const qlora_nf4_weight *w, int64_t i, int bshift, scale_cache *cache) {
     int64_t b = block_of(w, i, bshift);
-    if (b != cache->block) { cache->block = b; cache->scale = block_scale(w, b); }
+    if (b != cache->block) { cache->block = b; cache->scale = nf4_block_scale(w, b); }
     uint8_t byte = w->packed[i >> 1];
     int code = (i & 1) ? (byte & 0x0F) : (byte >> 4);
     return w->code[code] * cache->scale;
@@ -175,7 +164,7 @@ AVX2_TARGET static void pack_fwd_avx2(float *dst, const qlora_nf4_weight *w, int
             __m256 v[8];
             for (int r = 0; r < 8; r++) {
                 const int64_t i = e[r] + p;
-                const __m256 s = _mm256_set1_ps(block_scale(w, block_of(w, i, bshift)));
+                const __m256 s = _mm256_set1_ps(nf4_block_scale(w, block_of(w, i, bshift)));
                 v[r] = _mm256_mul_ps(decode8(w->packed + (i >> 1), lo, hi, right, left), s);
             }
             transpose8(v);
@@ -196,8 +185,8 @@ AVX2_TARGET static void pack_bwd_avx2(float *dst, const qlora_nf4_weight *w, int
     DECODE_CONSTANTS;
     for (int64_t p = 0; p < kc; p++) {
         const int64_t i = (p0 + p) * cols + j0;
-        const __m256 s0 = _mm256_set1_ps(block_scale(w, block_of(w, i, bshift)));
-        const __m256 s1 = _mm256_set1_ps(block_scale(w, block_of(w, i + 8, bshift)));
+        const __m256 s0 = _mm256_set1_ps(nf4_block_scale(w, block_of(w, i, bshift)));
+        const __m256 s1 = _mm256_set1_ps(nf4_block_scale(w, block_of(w, i + 8, bshift)));
         const uint8_t *q = w->packed + (i >> 1);
         _mm256_storeu_ps(dst + p * NR, _mm256_mul_ps(decode8(q, lo, hi, right, left), s0));
         _mm256_storeu_ps(dst + p * NR + 8, _mm256_mul_ps(decode8(q + 4, lo, hi, right, left), s1));
