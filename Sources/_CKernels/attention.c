@@ -73,20 +73,7 @@ static void decode_portable(float *out, const float *q, const float *keys, const
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline))
 
-AVX2 INLINE float att_exp1(float x) { return _mm256_cvtss_f32(exp256(_mm256_set1_ps(x))); }
 
-AVX2 INLINE float att_hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-AVX2 INLINE float att_hmax(__m256 v) {
-    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_max_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 // The four horizontal sums of a, b, c, d as one 4-lane vector.
 AVX2 INLINE __m128 att_hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
     __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
@@ -125,7 +112,7 @@ AVX2 INLINE void dec_scores(float *s, int64_t lds, const float *q, const float *
         for (int h = 0; h < HN; h++) {
             __m256 a = _mm256_setzero_ps();
             for (int64_t i = 0; i < D; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * D + i), _mm256_loadu_ps(kr + i), a);
-            s[h * lds + j] = att_hsum(a) * scale;
+            s[h * lds + j] = hsum256(a) * scale;
         }
     }
 }
@@ -176,11 +163,11 @@ AVX2 INLINE void dec_group(float *out, const float *q, const float *keys, const 
             __m256 vm = _mm256_set1_ps(-INFINITY);
             int64_t j = 0;
             for (; j + 8 <= nb; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(sh + j));
-            float bm = att_hmax(vm);
+            float bm = hmax256(vm);
             for (; j < nb; j++) bm = sh[j] > bm ? sh[j] : bm;
             float mn = bm > m[h] ? bm : m[h];
             if (mn > m[h] && b0 > 0) {
-                float f = att_exp1(m[h] - mn);
+                float f = exp1(m[h] - mn);
                 l[h] *= f;
                 __m256 vf = _mm256_set1_ps(f);
                 for (int64_t i = 0; i < D; i += 8)
@@ -193,8 +180,8 @@ AVX2 INLINE void dec_group(float *out, const float *q, const float *keys, const 
                 _mm256_storeu_ps(sh + j, e);
                 sum = _mm256_add_ps(sum, e);
             }
-            float ls = att_hsum(sum);
-            for (; j < nb; j++) { sh[j] = att_exp1(sh[j] - mn); ls += sh[j]; }
+            float ls = hsum256(sum);
+            for (; j < nb; j++) { sh[j] = exp1(sh[j] - mn); ls += sh[j]; }
             l[h] += ls;
         }
         dec_pv(out, s, DEC_BLOCK, values + b0 * ld, nb, D, ld, HN);
@@ -340,25 +327,7 @@ AVX2 static void att_cols_times(float *dst, int64_t ld, int64_t nk, const float 
 
 // In place masked softmax of a stacked row: valid keys [cl, ch), zeros elsewhere in [0, ldS).
 AVX2 static void att_softmax_row(float *row, int64_t cl, int64_t ch, int64_t ldS) {
-    int64_t n = ch - cl;
-    float *x = row + cl;
-    __m256 vm = _mm256_set1_ps(x[0]);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
-    float m = att_hmax(vm);
-    for (; i < n; i++) m = x[i] > m ? x[i] : m;
-    vm = _mm256_set1_ps(m);
-    __m256 vs = _mm256_setzero_ps();
-    for (i = 0; i + 8 <= n; i += 8) {
-        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
-        _mm256_storeu_ps(x + i, e);
-        vs = _mm256_add_ps(vs, e);
-    }
-    float s = att_hsum(vs);
-    for (; i < n; i++) { x[i] = att_exp1(x[i] - m); s += x[i]; }
-    __m256 vi = _mm256_set1_ps(1.0f / s);
-    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vi));
-    for (; i < n; i++) x[i] *= 1.0f / s;
+    softmax_avx2(row + cl, ch - cl);
     if (cl > 0) memset(row, 0, (size_t)cl * sizeof(float));
     if (ch < ldS) memset(row + ch, 0, (size_t)(ldS - ch) * sizeof(float));
 }
@@ -368,7 +337,7 @@ AVX2 static void att_dsoftmax_row(float *dp, const float *p, int64_t cl, int64_t
     __m256 acc = _mm256_setzero_ps();
     int64_t i = cl;
     for (; i + 8 <= ch; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(p + i), _mm256_loadu_ps(dp + i), acc);
-    float dot = att_hsum(acc);
+    float dot = hsum256(acc);
     for (; i < ch; i++) dot += p[i] * dp[i];
     __m256 vd = _mm256_set1_ps(dot), vs = _mm256_set1_ps(scale);
     for (i = cl; i + 8 <= ch; i += 8) {

@@ -82,22 +82,8 @@ static double xent_row_portable(float *x, int64_t n, int64_t target, float scale
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 
 
-AVX2 static inline float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
-AVX2 static inline float hmax256(__m256 v) {
-    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_max_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
-// exp of a scalar with the same polynomial (for loop tails, so results don't depend on the length).
-AVX2 static inline float exp1(float x) { return _mm256_cvtss_f32(exp256(_mm256_set1_ps(x))); }
 
 AVX2 static void rmsnorm_avx2(float *out, const float *inp, const float *weight, int64_t rows, int64_t dim, float eps) {
     for (int64_t r = 0; r < rows; r++) {
@@ -122,26 +108,6 @@ AVX2 static void rmsnorm_avx2(float *out, const float *inp, const float *weight,
     }
 }
 
-AVX2 static void softmax_avx2(float *x, int64_t n) {
-    int64_t i = 0;
-    __m256 vm = _mm256_set1_ps(x[0]);
-    for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
-    float m = hmax256(vm);
-    for (; i < n; i++) m = x[i] > m ? x[i] : m;
-    vm = _mm256_set1_ps(m);
-    __m256 vs = _mm256_setzero_ps();
-    for (i = 0; i + 8 <= n; i += 8) {
-        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
-        _mm256_storeu_ps(x + i, e);
-        vs = _mm256_add_ps(vs, e);
-    }
-    float s = hsum256(vs);
-    for (; i < n; i++) { x[i] = exp1(x[i] - m); s += x[i]; }
-    float inv = 1.0f / s;
-    __m256 vi = _mm256_set1_ps(inv);
-    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vi));
-    for (; i < n; i++) x[i] *= inv;
-}
 
 AVX2 static void silu_mul_avx2(float *out, const float *gate, const float *up, int64_t n) {
     const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
