@@ -1,4 +1,4 @@
-// NF4 GEMM benchmark: the existing path (NF4Matmul: dequantize a tile + OpenBLAS sgemm) against the own
+// NF4 GEMM benchmark: the tiled baseline (NF4Matmul.forwardTiled: dequantize a tile + OpenBLAS sgemm) against the own
 // kernel that decodes NF4 into its packed B panels (NF4Gemm), back to back, on the SmolLM2-135M training
 // shapes; plus plain OpenBLAS sgemm on an already-dequantized float W for reference.
 // Run: swift run -c release --scratch-path .build-gemm nf4-gemm [rows] [runs]
@@ -120,31 +120,4 @@ for s in shapes {
               + "\(fmt(cpu, 6)) \(fmt(200 * cpu / peak, 3, 0)) | "
               + "\(maxRelDiff(y1, y0, outCount))")
     }
-}
-
-// Several weights with the same input in one call (q,k,v and gate,up as separate tensors), forward.
-print("\nforward of several weights sharing the input: existing = one NF4Matmul.forward per weight;")
-print("separate = one NF4Gemm.forward per weight; fused = NF4Gemm.forward([(out, weight)]) (one parallel loop)")
-print("weights                  | existing GFLOP/s | separate GFLOP/s | fused GFLOP/s |    %")
-for (name, dims) in [("q,k,v 576+192+192 x576", [576, 192, 192]), ("gate,up 1536+1536 x576", [1536, 1536])] {
-    let k = 576
-    let ws4 = try dims.map { n in
-        try QuantizedTensor4Bit.quantize((0..<(n * k)).map { _ in rnd() * 0.05 }, shape: [n, k], quantType: .nf4,
-                                         blocksize: 64, doubleQuant: true)
-    }
-    let x = UnsafeMutablePointer<Float>.allocate(capacity: m * k)
-    for i in 0..<(m * k) { x[i] = rnd() }
-    let outs = dims.map { UnsafeMutablePointer<Float>.allocate(capacity: m * $0) }
-    defer { x.deallocate(); outs.forEach { $0.deallocate() } }
-    let parts = Array(zip(outs, ws4))
-    let r = timing([
-        { for (o, w) in parts { NF4Gemm.forward(out: o, inp: x, weight: w, rows: m, workspace: ws) } },
-        { NF4Gemm.forward(parts, inp: x, rows: m, workspace: ws) },
-        { for (o, w) in parts { NF4Matmul.forwardTiled(out: o, inp: x, weight: w, rows: m, workspace: nf4ws) } },
-    ])
-    let flops = 2.0 * Double(m * dims.reduce(0, +) * k)
-    func g(_ t: Double) -> Double { flops / t / 1e9 }
-    let label = name + String(repeating: " ", count: max(0, 24 - name.count))
-    print("\(label) | \(fmt(g(r[2].median), 16)) | \(fmt(g(r[0].median), 16)) | \(fmt(g(r[1].median), 13)) | "
-          + "\(fmt(100 * g(r[1].median) / peak, 4, 0))")
 }

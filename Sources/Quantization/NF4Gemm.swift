@@ -50,35 +50,6 @@ public enum NF4Gemm {
         }
     }
 
-    /// out_i[rows, out_i] = inp[rows, in] · W_iᵀ for several weights with the same in-features (q|k|v,
-    /// gate|up) in ONE parallel loop: part t computes its share of every weight's columns (one hand-off
-    /// instead of one per weight). Weights whose column count differs from the first's are skipped by
-    /// this loop and computed by their own `forward` call.
-    public static func forward(_ parts: [(out: UnsafeMutablePointer<Float>, weight: QuantizedTensor4Bit)],
-                               inp: UnsafePointer<Float>, rows: Int, workspace: NF4GemmWorkspace,
-                               threads: Int? = nil) {
-        guard rows > 0, let k = parts.first?.weight.columns else { return }
-        for part in parts where part.weight.columns != k {
-            forward(out: part.out, inp: inp, weight: part.weight, rows: rows, workspace: workspace, threads: threads)
-        }
-        let same = parts.filter { $0.weight.columns == k }
-        let n = same.reduce(0) { $0 + $1.weight.rows }
-        let minPanels = same.map { ($0.weight.rows + 15) / 16 }.min() ?? 1
-        let wanted = threads ?? (rows * n * k < 1 << 18 ? 1 : 2 * coreCount)
-        let count = max(1, min(wanted, workspace.threads, minPanels))
-        withUnsafeTemporaryAllocation(of: qlora_nf4_weight.self, capacity: same.count) { cws in
-            for (i, part) in same.enumerated() { (cws.baseAddress! + i).initialize(to: part.weight.cWeight) }
-            let cw = UnsafePointer(cws.baseAddress!)
-            parallelFor(count) { t in
-                for (i, part) in same.enumerated() {
-                    qlora_nf4_gemm_forward(part.out, inp, cw + i, Int64(rows), Int64(part.weight.rows), Int64(k), 0,
-                                           workspace.buffer(t), Int32(t), Int32(count))
-                }
-            }
-            _ = cws.deinitialize()
-        }
-    }
-
     /// dInp[rows, in] (+)= dOut[rows, out] · W. Overwrites `dInp` unless `accumulate`.
     public static func backwardInput(dInp: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Float>,
                                      weight: QuantizedTensor4Bit, rows: Int, workspace: NF4GemmWorkspace,

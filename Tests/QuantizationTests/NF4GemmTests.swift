@@ -164,33 +164,6 @@ private func withWorkspace<R>(_ body: (NF4GemmWorkspace) throws -> R) rethrows -
         #expect(backwardMismatches == 0)
     }
 
-    /// The multi-weight forward (q|k|v in one loop) gives each weight's single-call result bit for bit.
-    @Test func fusedForwardMatchesSeparateCalls() throws {
-        let shapes = [GemmShape(m: 37, n: 96, k: 576, blocksize: 64, type: .nf4, dq: true, note: "q"),
-                      GemmShape(m: 37, n: 40, k: 576, blocksize: 64, type: .nf4, dq: true, note: "k"),
-                      GemmShape(m: 37, n: 17, k: 576, blocksize: 64, type: .nf4, dq: false, note: "v"),
-                      GemmShape(m: 37, n: 20, k: 64, blocksize: 64, type: .nf4, dq: true, note: "other k")]
-        let weights = try shapes.enumerated().map { try gemmWeight($1, seed: 50 + UInt64($0)) }
-        let x = randomMatrix(37 * 576, seed: 55)
-        var fused = shapes.map { [Float](repeating: .nan, count: 37 * $0.n) }
-        var single = fused
-        withWorkspace { ws in
-            x.withUnsafeBufferPointer { xp in
-                let outs = fused.indices.map { i in UnsafeMutablePointer<Float>.allocate(capacity: fused[i].count) }
-                defer { outs.forEach { $0.deallocate() } }
-                NF4Gemm.forward(Array(zip(outs, weights)), inp: xp.baseAddress!, rows: 37, workspace: ws, threads: 2)
-                for i in fused.indices { fused[i] = Array(UnsafeBufferPointer(start: outs[i], count: fused[i].count)) }
-                for i in single.indices {
-                    single[i].withUnsafeMutableBufferPointer {
-                        NF4Gemm.forward(out: $0.baseAddress!, inp: xp.baseAddress!, weight: weights[i], rows: 37,
-                                        workspace: ws, threads: 1)
-                    }
-                }
-            }
-        }
-        for i in shapes.indices { #expect(fused[i].map(\.bitPattern) == single[i].map(\.bitPattern), "weight \(i)") }
-    }
-
     /// The output columns are split across threads with the same slicing of the reduction, so 1, 2 and
     /// 3 parts must give identical bits (and each part writes only its own columns).
     @Test func threadSplitsGiveIdenticalResults() throws {
