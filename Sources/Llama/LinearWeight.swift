@@ -39,14 +39,15 @@ public enum LinearWeight {
 
     /// out[T, rows] = inp[T, cols] · Wᵀ (+ bias[rows]). Dense: sgemm / our GEMV. 4-bit: T = 1 is the
     /// fused GEMV, T > 1 dequantizes tiles of W into `workspace` and runs sgemm per tile.
+    /// `arithmetic`: how a 4-bit one-row product multiplies (see `DecodeArithmetic`).
     @inline(__always)
     public func forward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-                        rows T: Int, workspace: NF4Workspace) {
+                        rows T: Int, workspace: NF4Workspace, arithmetic: DecodeArithmetic = .float32) {
         switch self {
         case let .dense(w, r, c):
             matmulForward(out: out, inp: inp, weight: w, bias: bias, rows: T, inChannels: c, outChannels: r)
         case let .quantized(q):
-            NF4Matmul.forward(out: out, inp: inp, weight: q, rows: T, workspace: workspace)
+            NF4Matmul.forward(out: out, inp: inp, weight: q, rows: T, workspace: workspace, arithmetic: arithmetic)
             if let bias {
                 let r = q.rows
                 for t in 0..<T { residualForward(out: out + t * r, a: out + t * r, b: bias, count: r) }
@@ -62,14 +63,14 @@ extension LinearWeight {
     /// per weight.
     @inline(__always)
     public static func gemvQuantized(_ parts: [(weight: LinearWeight, out: UnsafeMutablePointer<Float>, bias: UnsafeMutablePointer<Float>?)],
-                                     inp: UnsafePointer<Float>) -> Bool {
+                                     inp: UnsafePointer<Float>, arithmetic: DecodeArithmetic = .float32) -> Bool {
         var quantized: [(out: UnsafeMutablePointer<Float>, weight: QuantizedTensor4Bit)] = []
         quantized.reserveCapacity(parts.count)
         for part in parts {
             guard case let .quantized(q) = part.weight else { return false }
             quantized.append((out: part.out, weight: q))
         }
-        NF4Matmul.gemv(quantized, inp: inp)
+        NF4Matmul.gemv(quantized, inp: inp, arithmetic: arithmetic)
         for part in parts {
             if let bias = part.bias { residualForward(out: part.out, a: part.out, b: bias, count: part.weight.rows) }
         }

@@ -9,7 +9,7 @@ import Quantization
 /// prompt in chunks of at most `chunkSize` tokens with sgemm, and single tokens with GEMV split over
 /// the cores. 4-bit linear weights (`LinearWeight.quantized`) run prefill through `NF4Matmul.forward`
 /// (tiles dequantized into one reusable `NF4Workspace`, then sgemm) and decode through the fused
-/// 4-bit GEMV. LoRA branches attached with `attachLoRA` are added unmerged to their projections'
+/// 4-bit GEMV (16-bit integer products by default: `decodeArithmetic`). LoRA branches attached with `attachLoRA` are added unmerged to their projections'
 /// outputs (y = base(x) + scale·(x·Aᵀ)·Bᵀ), in prefill and decode alike and on top of the fused
 /// float32 q|k|v and gate|up GEMVs. Not thread-safe: one forward at a time.
 public final class LlamaModel {
@@ -23,6 +23,8 @@ public final class LlamaModel {
     public let chunkSize: Int
     /// Number of positions held in the KV cache (the next token's position).
     public private(set) var cachedCount = 0
+    /// How a single decoded token's 4-bit GEMVs multiply; prefill chunks always run in float32.
+    public var decodeArithmetic: DecodeArithmetic = .int16
 
     // Activations, [chunkSize, ·]. C = hidden, I = intermediate.
     private let x: UnsafeMutablePointer<Float>        // [T, C] residual stream
@@ -219,6 +221,7 @@ public final class LlamaModel {
         let up = gate + T * I              // so that for T = 1, [gate | up] is one GEMV's output
         let fused = weights.hasFusedDenseLayout, ws = workspace
         let hasLoRA = !lora.isEmpty, hs = loraScratch ?? x   // hs is only used when hasLoRA
+        let arith = T == 1 ? decodeArithmetic : .float32
         weights.embedding.lookup(out: x, tokens: tokens)
         for (l, w) in weights.layers.enumerated() {
             let branches: [LinearLoRA?]? = hasLoRA ? lora[l] : nil
@@ -233,7 +236,8 @@ public final class LlamaModel {
                 q.update(from: qkv, count: qd)
                 k.update(from: qkv + qd, count: kvd)
                 v.update(from: qkv + qd + kvd, count: kvd)
-            } else if T == 1, LinearWeight.gemvQuantized([(w.wq, q, w.bq), (w.wk, k, w.bk), (w.wv, v, w.bv)], inp: xb) {
+            } else if T == 1, LinearWeight.gemvQuantized([(w.wq, q, w.bq), (w.wk, k, w.bk), (w.wv, v, w.bv)], inp: xb,
+                                                                 arithmetic: arith) {
                 // decode, 4-bit: q, k and v in one parallel loop
             } else {
                 w.wq.forward(out: q, inp: xb, bias: w.bq, rows: T, workspace: ws)
@@ -252,7 +256,7 @@ public final class LlamaModel {
             attentionForward(out: att, q: q, keys: layerKeys, values: layerValues, scratch: scratch, tokens: T,
                              startPosition: pos, heads: cfg.headCount, kvHeads: cfg.kvHeadCount, headDim: D,
                              window: cfg.slidingWindow)
-            w.wo.forward(out: xb2, inp: att, bias: w.bo, rows: T, workspace: ws)
+            w.wo.forward(out: xb2, inp: att, bias: w.bo, rows: T, workspace: ws, arithmetic: arith)
             branches?[3]?.addForward(out: xb2, inp: att, rows: T, h: hs)
             residualForward(out: x, a: x, b: xb2, count: T * C)
 
@@ -261,7 +265,8 @@ public final class LlamaModel {
             if T == 1, fused, case let .dense(wgu, _, _) = w.wGate {
                 // decode: wGate|wUp are consecutive, and up = gate + I when T = 1
                 matmulForward(out: gate, inp: xb, weight: wgu, bias: w.bGate, rows: 1, inChannels: C, outChannels: 2 * I)
-            } else if T == 1, LinearWeight.gemvQuantized([(w.wGate, gate, w.bGate), (w.wUp, up, w.bUp)], inp: xb) {
+            } else if T == 1, LinearWeight.gemvQuantized([(w.wGate, gate, w.bGate), (w.wUp, up, w.bUp)], inp: xb,
+                                                                 arithmetic: arith) {
                 // decode, 4-bit: gate and up in one parallel loop
             } else {
                 w.wGate.forward(out: gate, inp: xb, bias: w.bGate, rows: T, workspace: ws)
@@ -272,7 +277,7 @@ public final class LlamaModel {
                 b[5]?.addForward(out: up, inp: xb, rows: T, h: hs)
             }
             siluMulForward(out: gate, gate: gate, up: up, count: T * I)
-            w.wDown.forward(out: xb2, inp: gate, bias: w.bDown, rows: T, workspace: ws)
+            w.wDown.forward(out: xb2, inp: gate, bias: w.bDown, rows: T, workspace: ws, arithmetic: arith)
             branches?[6]?.addForward(out: xb2, inp: gate, rows: T, h: hs)
             residualForward(out: x, a: x, b: xb2, count: T * C)
         }

@@ -2,6 +2,7 @@
 #include "nf4.h"
 #include "CKernels.h"
 #include "kernels_internal.h"
+#include <math.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define QLORA_X86 1
@@ -53,6 +54,69 @@ static void gemv_portable(float *y, const qlora_nf4_weight *w, const float *x, i
             sum += part * nf4_block_scale(w, b);
         }
         y[r - row_begin] = sum;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 16-bit integer decoding (qlora_nf4_gemv16). Within a 64-element chunk, x is stored even elements
+// first, then odd ones (the high and low nibbles of the chunk's 32 packed bytes), each half in the
+// order the AVX2 byte unpacks produce: pair index j = 0…7, 16…23, 8…15, 24…31.
+
+static const int gemv16_order[32] = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23,
+                                     8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+
+#define GEMV16_X_MAX 8191.0f
+#define GEMV16_CODE_MAX 32767.0f
+
+int qlora_nf4_gemv16_supported(const qlora_nf4_weight *w, int64_t cols) {
+    return cols > 0 && cols % 64 == 0 && w->blocksize % 64 == 0;
+}
+
+void qlora_nf4_quantize_input16(int16_t *xq, float *xscale, const float *x, int64_t cols) {
+    for (int64_t c = 0; c < cols; c += 64) {
+        float m = 0.0f;
+        int finite = 1;
+        for (int j = 0; j < 64; j++) {
+            const float a = fabsf(x[c + j]);
+            if (!(a <= 3.0e38f)) finite = 0;   // inf or NaN
+            else if (a > m) m = a;
+        }
+        const float inv = m > 0.0f ? GEMV16_X_MAX / m : 0.0f;
+        xscale[c / 64] = finite ? m / GEMV16_X_MAX : NAN;
+        for (int h = 0; h < 2; h++)
+            for (int j = 0; j < 32; j++) {
+                float v = finite ? x[c + 2 * gemv16_order[j] + h] * inv : 0.0f;
+                long q = lrintf(v);
+                xq[c + 32 * h + j] = (int16_t)(q > 8191 ? 8191 : q < -8191 ? -8191 : q);
+            }
+    }
+}
+
+// The int16 codes and the factor that undoes their scaling.
+static float gemv16_codes(int16_t out[16], const qlora_nf4_weight *w) {
+    float cmax = 0.0f;
+    for (int k = 0; k < 16; k++) if (fabsf(w->code[k]) > cmax) cmax = fabsf(w->code[k]);
+    for (int k = 0; k < 16; k++) out[k] = cmax > 0 ? (int16_t)lrintf(w->code[k] / cmax * GEMV16_CODE_MAX) : 0;
+    return cmax / GEMV16_CODE_MAX;
+}
+
+static void gemv16_portable(float *y, const qlora_nf4_weight *w, const int16_t *xq, const float *xscale,
+                            int64_t row_begin, int64_t row_end, int64_t cols) {
+    int16_t code[16];
+    const float unit = gemv16_codes(code, w);
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const uint8_t *p = w->packed + ((r * cols) >> 1);
+        float sum = 0.0f;
+        for (int64_t c = 0; c < cols; c += 64) {
+            int64_t dot = 0;
+            for (int h = 0; h < 2; h++)
+                for (int j = 0; j < 32; j++) {
+                    const uint8_t byte = p[(c >> 1) + gemv16_order[j]];
+                    dot += (int64_t)code[h ? (byte & 0x0F) : (byte >> 4)] * xq[c + 32 * h + j];
+                }
+            sum += (float)dot * (nf4_block_scale(w, (r * cols + c) / w->blocksize) * xscale[c / 64]);
+        }
+        y[r - row_begin] = sum * unit;
     }
 }
 
@@ -254,6 +318,47 @@ AVX2_TARGET static void gemv_avx2(float *y, const qlora_nf4_weight *w, const flo
     for (; r + 4 <= row_end; r += 4) gemv_rows_avx2(y + (r - row_begin), w, x, r, cols, 4, nshift);
     for (; r < row_end; r++) gemv_rows_avx2(y + (r - row_begin), w, x, r, cols, 1, nshift);
 }
+
+// 16-bit integer decoding, one row at a time: for 32 packed bytes (64 weights), the high and the low
+// nibbles look up the low and the high bytes of the int16 codes (4 vpshufb), 4 byte unpacks make
+// int16 words, and 4 vpmaddwd against the quantized x give 8 exact int32 sums of 8 products each;
+// one conversion and one FMA per chunk apply the block scale × x's chunk scale. 9 shuffles per 64
+// weights instead of the float path's 24: ~1.6× its speed on Zen 3 (2026-11-28).
+AVX2_TARGET static void gemv16_avx2(float *y, const qlora_nf4_weight *w, const int16_t *xq, const float *xscale,
+                                    int64_t row_begin, int64_t row_end, int64_t cols) {
+    int16_t code[16];
+    const float unit = gemv16_codes(code, w);
+    uint8_t lo_bytes[32], hi_bytes[32];
+    for (int k = 0; k < 16; k++) {
+        const uint16_t u = (uint16_t)code[k];
+        lo_bytes[k] = lo_bytes[k + 16] = (uint8_t)u;
+        hi_bytes[k] = hi_bytes[k + 16] = (uint8_t)(u >> 8);
+    }
+    const __m256i tlo = _mm256_loadu_si256((const __m256i *)lo_bytes), thi = _mm256_loadu_si256((const __m256i *)hi_bytes);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const int nshift = log2_exact(w->blocksize);
+    const int qshift = log2_exact(w->nested_blocksize);
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const uint8_t *p = w->packed + ((r * cols) >> 1);
+        __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps();
+        for (int64_t c = 0; c < cols; c += 64) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(p + (c >> 1)));
+            const __m256i ne = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), no = _mm256_and_si256(v, m4);
+            const __m256i le = _mm256_shuffle_epi8(tlo, ne), he = _mm256_shuffle_epi8(thi, ne);
+            const __m256i lo = _mm256_shuffle_epi8(tlo, no), ho = _mm256_shuffle_epi8(thi, no);
+            const __m256i *xc = (const __m256i *)(xq + c);
+            __m256i s0 = _mm256_madd_epi16(_mm256_unpacklo_epi8(le, he), _mm256_loadu_si256(xc));
+            __m256i s1 = _mm256_madd_epi16(_mm256_unpackhi_epi8(le, he), _mm256_loadu_si256(xc + 1));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_unpacklo_epi8(lo, ho), _mm256_loadu_si256(xc + 2)));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_unpackhi_epi8(lo, ho), _mm256_loadu_si256(xc + 3)));
+            const int64_t b = nshift >= 0 ? (r * cols + c) >> nshift : (r * cols + c) / w->blocksize;
+            const __m256 d = _mm256_set1_ps(block_scale_fast(w, b, qshift) * xscale[c >> 6]);
+            const __m256 f = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+            if ((c >> 6) & 1) t1 = _mm256_fmadd_ps(f, d, t1); else t0 = _mm256_fmadd_ps(f, d, t0);
+        }
+        y[r - row_begin] = hsum(_mm256_add_ps(t0, t1)) * unit;
+    }
+}
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -275,4 +380,13 @@ void qlora_nf4_gemv(float *y, const qlora_nf4_weight *w, const float *x, int64_t
     if (nf4_use_avx2() && cols % w->blocksize == 0) { gemv_avx2(y, w, x, row_begin, row_end, cols); return; }
 #endif
     gemv_portable(y, w, x, row_begin, row_end, cols);
+}
+
+void qlora_nf4_gemv16(float *y, const qlora_nf4_weight *w, const int16_t *xq, const float *xscale,
+                      int64_t row_begin, int64_t row_end, int64_t cols) {
+    if (row_end <= row_begin) return;
+#ifdef QLORA_X86
+    if (nf4_use_avx2()) { gemv16_avx2(y, w, xq, xscale, row_begin, row_end, cols); return; }
+#endif
+    gemv16_portable(y, w, xq, xscale, row_begin, row_end, cols);
 }

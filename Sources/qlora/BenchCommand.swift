@@ -20,6 +20,8 @@ struct BenchModelArguments: ParsableArguments {
     @Option(help: "How to hold a --model's linear weights: nf4, fp4, int4 or none (float32).")
     var quantize: QuantizationPolicy.Kind = .nf4
     @Option(help: "Seed of the synthetic weights.") var weightSeed: UInt64 = 0
+    @Option(help: "How a decoded token's 4-bit products multiply: int16 (default) or float32 (see `qlora generate --help`).")
+    var decodeArithmetic: DecodeArithmetic = .int16
 
     func validate() throws {
         if (model == nil) == (synthetic == nil) { throw ValidationError("give exactly one of --model and --synthetic") }
@@ -166,6 +168,7 @@ struct BenchGenerateCommand: ParsableCommand {
         let loaded = try modelArguments.load(context: context)
         let model = try loaded.bundle?.model
             ?? LlamaModel(config: loaded.weights.config, weights: loaded.weights, maxContext: context)
+        model.decodeArithmetic = modelArguments.decodeArithmetic
         var o = GenerateBenchmarkOptions()
         o.promptTokens = promptTokens; o.generatedTokens = genTokens; o.repetitions = repetitions
         let cpu0 = CPUSample.now()
@@ -175,7 +178,9 @@ struct BenchGenerateCommand: ParsableCommand {
             var out: [String: Any] = ["model": loaded.name, "prompt_tokens": promptTokens, "gen_tokens": genTokens,
                                       "prefill_tokens_per_second": r.prefillTokensPerSecond,
                                       "decode_tokens_per_second": r.decodeTokensPerSecond,
-                                      "prefill_seconds": r.prefillSeconds, "decode_seconds": r.decodeSeconds]
+                                      "prefill_seconds": r.prefillSeconds, "decode_seconds": r.decodeSeconds,
+                                      "decode_arithmetic": model.decodeArithmetic.rawValue,
+                                      "decode_logit_error": r.decodeLogitError]
             if let p = r.peakRSSBytes { out["peak_rss_bytes"] = p }
             if let other { out["other_load_share"] = other }
             print(jsonString(out))
@@ -184,6 +189,8 @@ struct BenchGenerateCommand: ParsableCommand {
         print("model \(loaded.name)")
         print(String(format: "prefill %.1f tokens/s (%d tokens), decode %.1f tokens/s (%d tokens), peak RSS %@",
                      r.prefillTokensPerSecond, promptTokens, r.decodeTokensPerSecond, genTokens, gib(r.peakRSSBytes)))
+        print("decode arithmetic \(model.decodeArithmetic.rawValue)"
+              + (model.decodeArithmetic == .float32 ? "" : String(format: " (logits within %.1e of float32's largest)", r.decodeLogitError)))
         if let other { print(String(format: "other processes used %.0f%% of the cores meanwhile", 100 * other)) }
     }
 }

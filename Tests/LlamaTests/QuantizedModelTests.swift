@@ -68,6 +68,7 @@ private final class PreQuantizedSource: QuantizedTensorSource {
             }
         }
         let model = try LlamaModel(config: config, weights: weights, maxContext: 64)
+        model.decodeArithmetic = .float32   // the exact codes; int16 is checked below
         let twin = try dequantizedTwin(of: weights, directory: dir, config: config)
         let prompt = try TinyExpected(name).prompt
         let a = try model.forward(tokens: prompt, startPosition: 0, logits: .all)
@@ -86,6 +87,34 @@ private final class PreQuantizedSource: QuantizedTensorSource {
             #expect(maxAbsDiff(x, y) < 1e-4)
             next = argmax(x[...])
         }
+    }
+
+    /// Decoding with int16 products (the default) stays within 1e-2 of the largest logit of the exact
+    /// decode, token after token, and really takes the int16 path (the logits are not bit-identical).
+    @Test(arguments: cases)
+    func int16DecodeStaysCloseToFloat32Decode(_ name: String, _ kind: QuantizationPolicy.Kind, _ dq: Bool) throws {
+        let dir = Fixtures.path("llama/\(name)")
+        let config = try LlamaConfig(huggingFaceConfigFile: dir + "/config.json")
+        let policy = QuantizationPolicy(quantType: kind, doubleQuant: dq, blocksize: 64)
+        let weights = try LlamaWeights(config: config, source: try SafetensorsModel(directory: dir), file: dir, policy: policy)
+        let fast = try LlamaModel(config: config, weights: weights, maxContext: 64)
+        let exact = try LlamaModel(config: config, weights: weights, maxContext: 64)
+        #expect(fast.decodeArithmetic == .int16)
+        exact.decodeArithmetic = .float32
+        let prompt = try TinyExpected(name).prompt
+        let a = try fast.forward(tokens: prompt, startPosition: 0, logits: .last)
+        let b = try exact.forward(tokens: prompt, startPosition: 0, logits: .last)
+        #expect(a == b)   // prefill is float32 either way
+        var next = argmax(a[...]), differs = false
+        for step in 0..<6 {
+            let x = try fast.forward(tokens: [next], startPosition: prompt.count + step, logits: .last)
+            let y = try exact.forward(tokens: [next], startPosition: prompt.count + step, logits: .last)
+            let largest = y.map { abs($0) }.max()!
+            #expect(maxAbsDiff(x, y) < 1e-2 * largest, "step \(step)")
+            differs = differs || x != y
+            next = argmax(y[...])
+        }
+        #expect(differs)
     }
 
     /// With a 4-bit policy `storage` holds no linear weight; the report counts ≈4.127 bits for NF4+DQ.

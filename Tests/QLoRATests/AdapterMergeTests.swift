@@ -167,6 +167,7 @@ import _TestSupport
         let adapterDir = folder + "-adapter"
         defer { remove(folder, adapterDir) }
         let bundle = try ModelBundle(path: folder, contextLength: 64, quantization: .nf4)
+        bundle.model.decodeArithmetic = .float32   // exact codes, to compare with the float32 merge
         let adapter = randomAdapter(config: bundle.config, rank: 3, alpha: 6, modules: ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
         try AdapterFile.write(adapter, to: adapterDir)
         let plain = try prefillThenDecode(bundle.model, prefill: 10)

@@ -103,6 +103,20 @@ import _TestSupport
         try TrainBenchmark.checkReference(loss: 2.0015, reference: 2.0, tolerance: 1e-3)
     }
 
+    /// bench generate checks one int16-decoded token's logits against float32 (0 when decoding in float32).
+    @Test func generateBenchmarkChecksInt16DecodeAgainstFloat32() throws {
+        let cfg = try LlamaConfig(hiddenSize: 128, intermediateSize: 192, layerCount: 2, headCount: 4, kvHeadCount: 2,
+                                  vocabularySize: 97, maxPositionEmbeddings: 64)
+        let model = try LlamaModel(config: cfg, weights: try LlamaWeights.synthetic(config: cfg, seed: 3), maxContext: 24)
+        var o = GenerateBenchmarkOptions()
+        o.promptTokens = 8; o.generatedTokens = 4; o.repetitions = 1
+        let fast = try GenerateBenchmark.run(model: model, options: o)
+        #expect(fast.decodeLogitError > 0 && fast.decodeLogitError < 1e-3)
+        #expect(model.decodeArithmetic == .int16)   // restored after the check
+        model.decodeArithmetic = .float32
+        #expect(try GenerateBenchmark.run(model: model, options: o).decodeLogitError == 0)
+    }
+
     @Test func fitPicksTheLargestBatchThatFits() throws {
         let cfg = SyntheticModelShape.llama7b.config
         let base = MemoryPlan.baseBytes(config: cfg, policy: .nf4, separateLMHead: true)

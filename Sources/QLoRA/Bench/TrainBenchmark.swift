@@ -9,6 +9,8 @@ public enum BenchmarkError: Error, Equatable, CustomStringConvertible {
     /// The first step's loss is not the plain LlamaModel forward's loss: the number is refused.
     case referenceMismatch(loss: Double, reference: Double, tolerance: Double)
     case nonFiniteLoss(step: Int, loss: Double)
+    /// Decoded logits in int16 arithmetic are not within tolerance of float32's: the number is refused.
+    case decodeMismatch(arithmetic: String, error: Double, tolerance: Double)
 
     public var description: String {
         switch self {
@@ -18,6 +20,8 @@ public enum BenchmarkError: Error, Equatable, CustomStringConvertible {
         case let .referenceMismatch(loss, reference, tolerance):
             return "refusing to report: first-step loss \(loss) differs from the reference forward's \(reference) by more than \(tolerance)"
         case let .nonFiniteLoss(step, loss): return "step \(step): loss is \(loss)"
+        case let .decodeMismatch(arithmetic, error, tolerance):
+            return "refusing to report: \(arithmetic) decode logits differ from float32's by \(error) of the largest logit (tolerance \(tolerance))"
         }
     }
 }
