@@ -77,15 +77,15 @@ public enum EmbeddingMatrix {
     }
 
     /// out[T, V] = inp[T, C] · Wᵀ (logits). Dense: our GEMV (T = 1) or sgemm. Q8_0: the fused Q8_0
-    /// GEMV over the cores (T = 1) or tiles of rows dequantized into `workspace` and sgemm.
+    /// GEMV over the cores (T = 1, in `arithmetic`) or tiles of rows dequantized into `workspace` and sgemm.
     @inline(__always)
     public func forward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, rows T: Int,
-                        workspace: NF4Workspace) {
+                        workspace: NF4Workspace, arithmetic: DecodeArithmetic = .float32) {
         switch self {
         case let .dense(p, r, c):
             matmulForward(out: out, inp: inp, weight: p, bias: nil, rows: T, inChannels: c, outChannels: r)
         case let .q8_0(q):
-            q.forward(out: out, inp: inp, rows: T, workspace: workspace)
+            q.forward(out: out, inp: inp, rows: T, workspace: workspace, arithmetic: arithmetic)
         }
     }
 

@@ -203,8 +203,8 @@ public final class LlamaModel {
                 let chunk = UnsafeBufferPointer(rebasing: ids[done..<(done + n)])
                 forwardChunk(chunk, startPosition: startPosition + done)
                 switch mode {
-                case .all: logitsForward(out: output.baseAddress! + done * V, rows: 0..<n)
-                case .last where done + n == T: logitsForward(out: output.baseAddress!, rows: (n - 1)..<n)
+                case .all: logitsForward(out: output.baseAddress! + done * V, rows: 0..<n, decoding: T == 1)
+                case .last where done + n == T: logitsForward(out: output.baseAddress!, rows: (n - 1)..<n, decoding: T == 1)
                 case .last: break
                 }
                 done += n
@@ -283,11 +283,13 @@ public final class LlamaModel {
         }
     }
 
-    /// Final norm and LM head for rows of the current chunk: out[rows, V].
-    private func logitsForward(out: UnsafeMutablePointer<Float>, rows: Range<Int>) {
+    /// Final norm and LM head for rows of the current chunk: out[rows, V]. A decoded token's head
+    /// (a Q8_0 one) multiplies in `decodeArithmetic`; a prompt's last row in float32.
+    private func logitsForward(out: UnsafeMutablePointer<Float>, rows: Range<Int>, decoding: Bool) {
         let C = config.hiddenSize
         rmsnormForward(out: xb, inp: x + rows.lowerBound * C, weight: weights.finalNorm, rows: rows.count,
                        channels: C, epsilon: config.rmsNormEpsilon)
-        weights.lmHead.forward(out: out, inp: xb, rows: rows.count, workspace: workspace)
+        weights.lmHead.forward(out: out, inp: xb, rows: rows.count, workspace: workspace,
+                               arithmetic: decoding ? decodeArithmetic : .float32)
     }
 }

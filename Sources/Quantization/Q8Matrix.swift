@@ -102,21 +102,31 @@ public final class Q8Matrix: @unchecked Sendable {
     // MARK: - Products
 
     /// y[rows] = W · x[cols], dequantizing in registers; output rows split across the cores in
-    /// multiples of 4 (the kernel's row group).
-    public func gemv(out y: UnsafeMutablePointer<Float>, inp x: UnsafePointer<Float>) {
+    /// multiples of 4 (the kernel's row group). `.int16` quantizes x to 16 bits per 32 values and sums
+    /// exact integer products per block (`qlora_q8_gemv16`).
+    public func gemv(out y: UnsafeMutablePointer<Float>, inp x: UnsafePointer<Float>,
+                     arithmetic: DecodeArithmetic = .float32) {
         let n = rows, k = cols, blocks = UnsafePointer(self.blocks)
         let chunks = n * k < 1 << 16 ? 1 : min(coreCount * 2, max(1, n / 16))
-        parallelFor(chunks) { c in
-            let r0 = c == 0 ? 0 : (n * c / chunks) & ~3, r1 = c == chunks - 1 ? n : (n * (c + 1) / chunks) & ~3
-            qlora_q8_gemv(y + r0, blocks, x, Int64(r0), Int64(r1), Int64(k))
+        let int16 = arithmetic == .int16
+        withUnsafeTemporaryAllocation(of: Int16.self, capacity: int16 ? k : 1) { xq in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: int16 ? k / 32 : 1) { xs in
+                if int16 { qlora_q8_quantize_input16(xq.baseAddress!, xs.baseAddress!, x, Int64(k)) }
+                let xq = UnsafePointer(xq.baseAddress!), xs = UnsafePointer(xs.baseAddress!)
+                parallelFor(chunks) { c in
+                    let r0 = c == 0 ? 0 : (n * c / chunks) & ~3, r1 = c == chunks - 1 ? n : (n * (c + 1) / chunks) & ~3
+                    if int16 { qlora_q8_gemv16(y + r0, blocks, xq, xs, Int64(r0), Int64(r1), Int64(k)) }
+                    else { qlora_q8_gemv(y + r0, blocks, x, Int64(r0), Int64(r1), Int64(k)) }
+                }
+            }
         }
     }
 
     /// out[T, rows] = inp[T, cols] · Wᵀ. T == 1 is the fused GEMV; T > 1 dequantizes tiles of weight
     /// rows into `workspace` and runs sgemm per tile (writing that tile's output columns).
     public func forward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, rows T: Int,
-                        workspace: NF4Workspace) {
-        if T == 1 { gemv(out: out, inp: inp); return }
+                        workspace: NF4Workspace, arithmetic: DecodeArithmetic = .float32) {
+        if T == 1 { gemv(out: out, inp: inp, arithmetic: arithmetic); return }
         let n = rows, k = cols
         forEachTile(workspace) { r0, tile, w in
             BLAS.sgemm(transB: true, m: T, n: tile, k: k, a: inp, b: w, c: out + r0, ldc: n)

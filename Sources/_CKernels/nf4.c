@@ -72,7 +72,7 @@ int qlora_nf4_gemv16_supported(const qlora_nf4_weight *w, int64_t cols) {
     return cols > 0 && cols % 64 == 0 && w->blocksize % 64 == 0;
 }
 
-void qlora_nf4_quantize_input16(int16_t *xq, float *xscale, const float *x, int64_t cols) {
+static void quantize_input16_portable(int16_t *xq, float *xscale, const float *x, int64_t cols) {
     for (int64_t c = 0; c < cols; c += 64) {
         float m = 0.0f;
         int finite = 1;
@@ -359,6 +359,40 @@ AVX2_TARGET static void gemv16_avx2(float *y, const qlora_nf4_weight *w, const i
         y[r - row_begin] = hsum(_mm256_add_ps(t0, t1)) * unit;
     }
 }
+
+// The same quantization 8 lanes at a time (cvtps2dq rounds to nearest even, as lrintf does), then
+// the int32 results are stored in the kernel's element order.
+AVX2_TARGET static void quantize_input16_avx2(int16_t *xq, float *xscale, const float *x, int64_t cols) {
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const __m256 huge = _mm256_set1_ps(3.0e38f);
+    const __m256i lo = _mm256_set1_epi32(-8191), hi = _mm256_set1_epi32(8191);
+    for (int64_t c = 0; c < cols; c += 64) {
+        __m256 v[8], m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+        for (int k = 0; k < 8; k++) {
+            v[k] = _mm256_loadu_ps(x + c + 8 * k);
+            const __m256 a = _mm256_and_ps(v[k], magnitude);
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, huge, _CMP_NLE_UQ));   // > 3e38 or NaN
+            m = _mm256_max_ps(m, a);
+        }
+        if (_mm256_movemask_ps(bad)) {
+            xscale[c / 64] = NAN;
+            for (int j = 0; j < 64; j++) xq[c + j] = 0;
+            continue;
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        const float mx = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        const __m256 inv = _mm256_set1_ps(mx > 0.0f ? GEMV16_X_MAX / mx : 0.0f);
+        xscale[c / 64] = mx / GEMV16_X_MAX;
+        int32_t q[64] __attribute__((aligned(32)));
+        for (int k = 0; k < 8; k++) {
+            const __m256i r = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], inv));
+            _mm256_store_si256((__m256i *)(q + 8 * k), _mm256_min_epi32(_mm256_max_epi32(r, lo), hi));
+        }
+        for (int h = 0; h < 2; h++)
+            for (int j = 0; j < 32; j++) xq[c + 32 * h + j] = (int16_t)q[2 * gemv16_order[j] + h];
+    }
+}
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -389,4 +423,11 @@ void qlora_nf4_gemv16(float *y, const qlora_nf4_weight *w, const int16_t *xq, co
     if (nf4_use_avx2()) { gemv16_avx2(y, w, xq, xscale, row_begin, row_end, cols); return; }
 #endif
     gemv16_portable(y, w, xq, xscale, row_begin, row_end, cols);
+}
+
+void qlora_nf4_quantize_input16(int16_t *xq, float *xscale, const float *x, int64_t cols) {
+#ifdef QLORA_X86
+    if (nf4_use_avx2()) { quantize_input16_avx2(xq, xscale, x, cols); return; }
+#endif
+    quantize_input16_portable(xq, xscale, x, cols);
 }

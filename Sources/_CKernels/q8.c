@@ -1,4 +1,5 @@
 // ggml Q8_0 dequantization and fused matrix-vector product. See q8.h.
+#include <math.h>
 #include <string.h>
 #include "q8.h"
 #include "CKernels.h"
@@ -36,6 +37,45 @@ static inline float block_scale(const uint8_t *b) {
     uint16_t h;
     memcpy(&h, b, 2);
     return half_to_float(h);
+}
+
+// ---------------------------------------------------------------------------------------------
+// int16 decoding (qlora_q8_gemv16).
+
+#define Q8_X_MAX 32767.0f
+
+void qlora_q8_quantize_input16(int16_t *xq, float *xscale, const float *x, int64_t cols) {
+    for (int64_t c = 0; c < cols; c += 32) {
+        float m = 0.0f;
+        int finite = 1;
+        for (int j = 0; j < 32; j++) {
+            const float a = fabsf(x[c + j]);
+            if (!(a <= 3.0e38f)) finite = 0;   // inf or NaN
+            else if (a > m) m = a;
+        }
+        const float inv = m > 0.0f ? Q8_X_MAX / m : 0.0f;
+        xscale[c / 32] = finite ? m / Q8_X_MAX : NAN;
+        for (int j = 0; j < 32; j++) {
+            const long q = finite ? lrintf(x[c + j] * inv) : 0;
+            xq[c + j] = (int16_t)(q > 32767 ? 32767 : q < -32767 ? -32767 : q);
+        }
+    }
+}
+
+static void gemv16_portable(float *y, const uint8_t *blocks, const int16_t *xq, const float *xscale,
+                            int64_t row_begin, int64_t row_end, int64_t cols) {
+    const int64_t bpr = cols / 32;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const uint8_t *b = blocks + r * bpr * QLORA_Q8_BLOCK_BYTES;
+        float sum = 0.0f;
+        for (int64_t k = 0; k < bpr; k++, b += QLORA_Q8_BLOCK_BYTES) {
+            const int8_t *q = (const int8_t *)(b + 2);
+            int32_t dot = 0;
+            for (int j = 0; j < 32; j++) dot += (int32_t)q[j] * xq[k * 32 + j];
+            sum += (float)dot * (block_scale(b) * xscale[k]);
+        }
+        y[r - row_begin] = sum;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -189,6 +229,29 @@ AVX2_TARGET static void gemv_avx2(float *y, const uint8_t *blocks, const float *
     for (; r + 4 <= row_end; r += 4) gemv_rows_avx2(y + (r - row_begin), blocks, x, r, bpr, 4);
     for (; r < row_end; r++) gemv_rows_avx2(y + (r - row_begin), blocks, x, r, bpr, 1);
 }
+
+// int16 decoding: per block, the 32 int8 weights are sign-extended to int16 by two vpmovsxbw loads and
+// multiplied with x's int16 by two vpmaddwd (8 exact int32 sums of 4 products); one conversion and
+// one FMA per block apply d · x's scale. One row at a time (one sequential stream, as above).
+AVX2_TARGET static void gemv16_avx2(float *y, const uint8_t *blocks, const int16_t *xq, const float *xscale,
+                                    int64_t row_begin, int64_t row_end, int64_t cols) {
+    const int64_t bpr = cols / 32;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const uint8_t *b = blocks + r * bpr * QLORA_Q8_BLOCK_BYTES;
+        __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps();
+        for (int64_t k = 0; k < bpr; k++, b += QLORA_Q8_BLOCK_BYTES) {
+            const __m256i *xk = (const __m256i *)(xq + k * 32);
+            const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 2)));
+            const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 18)));
+            const __m256i s = _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256(xk)),
+                                               _mm256_madd_epi16(w1, _mm256_loadu_si256(xk + 1)));
+            const __m256 d = _mm256_set1_ps(scale_f16c(b) * xscale[k]);
+            if (k & 1) t1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, t1);
+            else t0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, t0);
+        }
+        y[r - row_begin] = hsum(_mm256_add_ps(t0, t1));
+    }
+}
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -209,4 +272,13 @@ void qlora_q8_gemv(float *y, const uint8_t *blocks, const float *x, int64_t row_
     if (q8_use_avx2()) { gemv_avx2(y, blocks, x, row_begin, row_end, cols); return; }
 #endif
     gemv_portable(y, blocks, x, row_begin, row_end, cols);
+}
+
+void qlora_q8_gemv16(float *y, const uint8_t *blocks, const int16_t *xq, const float *xscale, int64_t row_begin,
+                     int64_t row_end, int64_t cols) {
+    if (row_end <= row_begin) return;
+#ifdef QLORA_X86
+    if (q8_use_avx2()) { gemv16_avx2(y, blocks, xq, xscale, row_begin, row_end, cols); return; }
+#endif
+    gemv16_portable(y, blocks, xq, xscale, row_begin, row_end, cols);
 }

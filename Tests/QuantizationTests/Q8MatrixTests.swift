@@ -92,6 +92,44 @@ private func relativeError(_ a: [Float], _ b: [Float]) -> Float {
         #expect(relativeError(y, expected) < 1e-5, "\(shape.testDescription) portable \(portable)")
     }
 
+    /// The int16 decode GEMV against the same arithmetic written out here (x quantized per 32 values to
+    /// round(x · 32767 / max|x|), exact integer block sums in Double), and against the float32 product
+    /// within the bound its x quantization allows (half a step per value).
+    @Test(arguments: shapes, [false, true])
+    func int16GemvMatchesItsIntegerReferenceAndStaysNearFloat32(shape: Shape, portable: Bool) throws {
+        let (n, k) = (shape.rows, shape.cols)
+        let bytes = randomBlocks(rows: n, cols: k, seed: UInt64(n * 17 + k))
+        let q = try matrix(bytes, rows: n, cols: k)
+        var rng = SplitMix64(state: 98)
+        let x = (0..<k).map { i in Float.random(in: -2...2, using: &rng) * (i % 61 == 7 ? 30 : 1) }
+        var xq = [Double](repeating: 0, count: k), xs = [Double](repeating: 0, count: k / 32)
+        for c in stride(from: 0, to: k, by: 32) {
+            let m = x[c..<(c + 32)].map(abs).max()!
+            let inv: Float = m > 0 ? 32767 / m : 0
+            xs[c / 32] = Double(m / 32767)
+            for j in c..<(c + 32) { xq[j] = Double((x[j] * inv).rounded(.toNearestOrEven)) }
+        }
+        let w = referenceValues(bytes, rows: n, cols: k)
+        qlora_q8_force_portable(portable ? 1 : 0)
+        defer { qlora_q8_force_portable(0) }
+        var y = [Float](repeating: .nan, count: n)
+        y.withUnsafeMutableBufferPointer { out in
+            x.withUnsafeBufferPointer { q.gemv(out: out.baseAddress!, inp: $0.baseAddress!, arithmetic: .int16) }
+        }
+        for r in 0..<n {
+            var integer = 0.0, exact = 0.0, bound = 0.0, terms = 0.0
+            for c in 0..<k {
+                let v = Double(w[r * k + c])
+                integer += v * xq[c] * xs[c / 32]
+                exact += v * Double(x[c])
+                bound += abs(v) * 0.5 * xs[c / 32]
+                terms += abs(v * Double(x[c]))
+            }
+            #expect(abs(Double(y[r]) - integer) <= 1e-5 * max(terms, 1e-3), "row \(r)")
+            #expect(abs(Double(y[r]) - exact) <= bound * 1.001 + 1e-5 * max(terms, 1e-3), "row \(r)")
+        }
+    }
+
     /// T > 1 token rows: tiles of weight rows through a workspace that holds only 3 rows (so the
     /// last tile is partial), against the naive product; and dInp = dOut · W likewise.
     @Test(arguments: shapes, [2, 5])

@@ -22,4 +22,14 @@ void qlora_q8_dequantize(float *out, const uint8_t *blocks, int64_t row_begin, i
 void qlora_q8_gemv(float *y, const uint8_t *blocks, const float *x, int64_t row_begin, int64_t row_end,
                    int64_t cols);
 
+/// The int16 decode product (`qlora_q8_gemv16`): x quantized per 32-element block to int16 in
+/// [−32767, 32767] (scale = block max |x| / 32767), in element order; the 32 int8 × int16 products of a
+/// block are summed exactly in int32, then scaled by d · x's scale in float32. Relative error ~2e-5
+/// (x's 16 bits; the weights are exact). A non-finite x gives a non-finite scale.
+void qlora_q8_quantize_input16(int16_t *xq, float *xscale, const float *x, int64_t cols);
+
+/// y[r − row_begin] ≈ Σ_c W[r, c] · x[c] from x quantized by `qlora_q8_quantize_input16`; cols % 32 == 0.
+void qlora_q8_gemv16(float *y, const uint8_t *blocks, const int16_t *xq, const float *xscale, int64_t row_begin,
+                     int64_t row_end, int64_t cols);
+
 #endif
