@@ -51,6 +51,7 @@ private func q8MaxAbsDiff(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).map {
 
         let a = try LlamaModel(config: q8.config, weights: q8, maxContext: 32)
         let b = try LlamaModel(config: dense.config, weights: dense, maxContext: 32)
+        a.decodeArithmetic = .float32; b.decodeArithmetic = .float32   // int16: checked at the end
         let n = Self.prompt.count
         // prefill of all positions (T > 1: tiles of the head dequantized, sgemm)
         let la = try a.forward(tokens: Self.prompt, startPosition: 0, logits: .all)
@@ -65,6 +66,11 @@ private func q8MaxAbsDiff(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).map {
         #expect(q8MaxAbsDiff(da, db) < 1e-4, "decode max |Δlogit| \(q8MaxAbsDiff(da, db))")
         #expect(q8MaxAbsDiff(da, Array(la[((n - 1) * V)...])) < 1e-3)
         #expect(da.indices.max(by: { da[$0] < da[$1] }) == db.indices.max(by: { db[$0] < db[$1] }))
+        // int16 decode (the default): the same token's logits within 1e-2 of the largest, same argmax
+        a.decodeArithmetic = .int16
+        let di = try a.forward(tokens: [Self.prompt[n - 1]], startPosition: n - 1)
+        #expect(di != da && q8MaxAbsDiff(di, db) < 1e-2 * db.map(abs).max()!)
+        #expect(di.indices.max(by: { di[$0] < di[$1] }) == db.indices.max(by: { db[$0] < db[$1] }))
     }
 
     /// The training path: loss and LoRA gradients of one step with the fused Q8_0 head + cross-entropy
