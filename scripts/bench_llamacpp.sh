@@ -10,6 +10,7 @@
 #   --gen-tokens N      (default: 64)
 #   --reps N            llama-bench repetitions (default: 5; ours: --repetitions, default 3)
 #   --quantize Q        how ours holds the linear weights: nf4 (default), fp4, int4, none
+#   --decode-arithmetic A  ours: int16 (default) or float32 (see `qlora generate --help`)
 #
 # llama.cpp runs the GGUF's own tensor types (e.g. Q4_1); ours loads them and holds them as
 # --quantize says (nf4 by default), so the two do not run the same kernels.
@@ -29,6 +30,7 @@ TG=64
 REPS=5
 OUR_REPS=3
 QUANT=nf4
+ARITH=int16
 MODEL=
 
 while [ $# -gt 0 ]; do
@@ -41,6 +43,7 @@ while [ $# -gt 0 ]; do
         --reps) REPS=$2; shift 2 ;;
         --our-reps) OUR_REPS=$2; shift 2 ;;
         --quantize) QUANT=$2; shift 2 ;;
+        --decode-arithmetic) ARITH=$2; shift 2 ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         -*) echo "bench_llamacpp.sh: unknown option $1" >&2; exit 2 ;;
         *) MODEL=$1; shift ;;
@@ -71,7 +74,7 @@ for r in rows:
 EOF
 
 echo "load between: $(uptime)"
-echo "ours ($QLORA, --quantize $QUANT):"
-"$QLORA" bench generate --model "$MODEL" --quantize "$QUANT" \
+echo "ours ($QLORA, --quantize $QUANT, --decode-arithmetic $ARITH):"
+"$QLORA" bench generate --model "$MODEL" --quantize "$QUANT" --decode-arithmetic "$ARITH" \
     --prompt-tokens "$PP" --gen-tokens "$TG" --repetitions "$OUR_REPS"
 echo "load after: $(uptime)"

@@ -79,11 +79,20 @@ for (n, k) in [(1536, 576), (576, 1536), (49152, 576), (8192, 8192)] {
     let dq = w.dequantize()
     if n * k <= 1_000_000 {
         y.withUnsafeMutableBufferPointer { yp in x.withUnsafeBufferPointer { NF4Matmul.gemv(out: yp.baseAddress!, inp: $0.baseAddress!, weight: w) } }
-        let err = maxRel(y, NF4Matmul.gemvReference(weight: w, x: x))
-        print("  check [\(n)x\(k)] max rel err vs naive: \(err)")
+        let reference = NF4Matmul.gemvReference(weight: w, x: x)
+        let err = maxRel(y, reference)
+        y.withUnsafeMutableBufferPointer { yp in
+            x.withUnsafeBufferPointer { NF4Matmul.gemv(out: yp.baseAddress!, inp: $0.baseAddress!, weight: w, arithmetic: .int16) }
+        }
+        print("  check [\(n)x\(k)] max rel err vs naive: float32 \(err), int16 \(maxRel(y, reference))")
     }
     let tq = time(inner: max(1, 20_000_000 / (n * k))) {
         y.withUnsafeMutableBufferPointer { yp in x.withUnsafeBufferPointer { NF4Matmul.gemv(out: yp.baseAddress!, inp: $0.baseAddress!, weight: w) } }
+    }
+    let t16 = time(inner: max(1, 20_000_000 / (n * k))) {
+        y.withUnsafeMutableBufferPointer { yp in
+            x.withUnsafeBufferPointer { NF4Matmul.gemv(out: yp.baseAddress!, inp: $0.baseAddress!, weight: w, arithmetic: .int16) }
+        }
     }
     let tf = time(inner: max(1, 20_000_000 / (n * k))) {
         y32.withUnsafeMutableBufferPointer { yp in dq.withUnsafeBufferPointer { a in x.withUnsafeBufferPointer {
@@ -93,6 +102,7 @@ for (n, k) in [(1536, 576), (576, 1536), (49152, 576), (8192, 8192)] {
     let a1: String = "  [\(n) x \(k)] NF4+DQ gemv: \(f(tq * 1e6, 1)) us, \(f(bq / tq / 1e9)) GB/s, \(f(nw / tq / 1e9)) Gweights/s"
     let a2: String = " | fp32 sgemv: \(f(tf * 1e6, 1)) us, \(f(bf / tf / 1e9)) GB/s, \(f(nw / tf / 1e9)) Gweights/s | speedup \(f(tf / tq))x"
     print(a1 + a2)
+    print("  [\(n) x \(k)] NF4+DQ gemv, int16 arithmetic: \(f(t16 * 1e6, 1)) us, \(f(nw / t16 / 1e9)) Gweights/s, \(f(tq / t16))x the float32 one")
 }
 
 print("== Forward Y = X·Wᵀ, X [512, 576], W [1536, 576] (prefill/training) ==")
@@ -160,14 +170,17 @@ do {
     for i in 0..<I { x[i] = rand() }
     let y = UnsafeMutablePointer<Float>.allocate(capacity: 2 * I + 2 * C)
     let weightsPerToken = Double(L * C * (C + 2 * KV + C + 3 * I))
-    let t = time(runs: 9, inner: 3) {
-        for l in layers {
-            NF4Matmul.gemv([(out: y, weight: l.qkv[0]), (out: y + C, weight: l.qkv[1]), (out: y + C + KV, weight: l.qkv[2])], inp: x)
-            NF4Matmul.gemv(out: y, inp: x, weight: l.o)
-            NF4Matmul.gemv([(out: y, weight: l.gu[0]), (out: y + I, weight: l.gu[1])], inp: x)
-            NF4Matmul.gemv(out: y, inp: x, weight: l.down)
+    for arithmetic in DecodeArithmetic.allCases {
+        let t = time(runs: 9, inner: 3) {
+            for l in layers {
+                NF4Matmul.gemv([(out: y, weight: l.qkv[0]), (out: y + C, weight: l.qkv[1]), (out: y + C + KV, weight: l.qkv[2])],
+                               inp: x, arithmetic: arithmetic)
+                NF4Matmul.gemv(out: y, inp: x, weight: l.o, arithmetic: arithmetic)
+                NF4Matmul.gemv([(out: y, weight: l.gu[0]), (out: y + I, weight: l.gu[1])], inp: x, arithmetic: arithmetic)
+                NF4Matmul.gemv(out: y, inp: x, weight: l.down, arithmetic: arithmetic)
+            }
         }
+        print("  \(arithmetic): \(f(t * 1e3)) ms per token's layer weights (\(f(weightsPerToken / 1e6, 1)) M weights), \(f(weightsPerToken / t / 1e9)) Gweights/s, 4 parallel loops per layer")
     }
-    print("  \(f(t * 1e3)) ms per token's layer weights (\(f(weightsPerToken / 1e6, 1)) M weights), \(f(weightsPerToken / t / 1e9)) Gweights/s, 4 parallel loops per layer")
     x.deallocate(); y.deallocate()
 }
