@@ -8,8 +8,8 @@ import Quantization
 /// `chunkSize` tokens, the KV cache for `maxContext` positions and the RoPE tables. `forward` runs a
 /// prompt in chunks of at most `chunkSize` tokens with sgemm, and single tokens with GEMV split over
 /// the cores. 4-bit linear weights (`LinearWeight.quantized`) run prefill through `NF4Matmul.forward`
-/// (tiles dequantized into one reusable `NF4Workspace`, then sgemm) and decode through the fused
-/// 4-bit GEMV (16-bit integer products by default: `decodeArithmetic`). LoRA branches attached with `attachLoRA` are added unmerged to their projections'
+/// (`NF4Gemm`, float32) and decode through the fused 4-bit GEMV (16-bit integer products by default:
+/// `decodeArithmetic`). LoRA branches attached with `attachLoRA` are added unmerged to their projections'
 /// outputs (y = base(x) + scale·(x·Aᵀ)·Bᵀ), in prefill and decode alike and on top of the fused
 /// float32 q|k|v and gate|up GEMVs. Not thread-safe: one forward at a time.
 public final class LlamaModel {
