@@ -1,6 +1,7 @@
 // Helpers shared by the C kernels (private to the target: not in include/).
 #ifndef QLORA_KERNELS_INTERNAL_H
 #define QLORA_KERNELS_INTERNAL_H
+#include <math.h>
 #include <stdint.h>
 #include "nf4.h"
 
@@ -12,6 +13,24 @@ static inline float nf4_block_scale(const qlora_nf4_weight *w, int64_t b) {
     float s = w->nested_map[w->qabsmax[b]] * w->nested_absmax[b / w->nested_blocksize];
     float r = s + w->offset;
     return r;
+}
+
+// The int16 input quantizers' block scale: the largest |x[j]| for j < n, or −1 when some x[j] is
+// infinite or NaN (the caller then stores a NaN scale, so the product is not finite either).
+static inline float finite_absmax(const float *x, int64_t n) {
+    float m = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        const float a = x[j] < 0.0f ? -x[j] : x[j];
+        if (!(a <= 3.0e38f)) return -1.0f;   // inf or NaN
+        if (a > m) m = a;
+    }
+    return m;
+}
+
+// Round to nearest (ties to even, as lrintf) and clamp to [−limit, limit].
+static inline int16_t round_clamp16(float v, long limit) {
+    long q = lrintf(v);
+    return (int16_t)(q > limit ? limit : q < -limit ? -limit : q);
 }
 
 // log2(v) for a power of two v > 0, else −1.

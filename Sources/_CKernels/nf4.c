@@ -74,21 +74,12 @@ int qlora_nf4_gemv16_supported(const qlora_nf4_weight *w, int64_t cols) {
 
 static void quantize_input16_portable(int16_t *xq, float *xscale, const float *x, int64_t cols) {
     for (int64_t c = 0; c < cols; c += 64) {
-        float m = 0.0f;
-        int finite = 1;
-        for (int j = 0; j < 64; j++) {
-            const float a = fabsf(x[c + j]);
-            if (!(a <= 3.0e38f)) finite = 0;   // inf or NaN
-            else if (a > m) m = a;
-        }
+        const float m = finite_absmax(x + c, 64);
         const float inv = m > 0.0f ? GEMV16_X_MAX / m : 0.0f;
-        xscale[c / 64] = finite ? m / GEMV16_X_MAX : NAN;
+        xscale[c / 64] = m >= 0.0f ? m / GEMV16_X_MAX : NAN;
         for (int h = 0; h < 2; h++)
-            for (int j = 0; j < 32; j++) {
-                float v = finite ? x[c + 2 * gemv16_order[j] + h] * inv : 0.0f;
-                long q = lrintf(v);
-                xq[c + 32 * h + j] = (int16_t)(q > 8191 ? 8191 : q < -8191 ? -8191 : q);
-            }
+            for (int j = 0; j < 32; j++)
+                xq[c + 32 * h + j] = m >= 0.0f ? round_clamp16(x[c + 2 * gemv16_order[j] + h] * inv, 8191) : 0;
     }
 }
 

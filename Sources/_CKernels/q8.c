@@ -3,6 +3,7 @@
 #include <string.h>
 #include "q8.h"
 #include "CKernels.h"
+#include "kernels_internal.h"
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define QLORA_X86 1
@@ -46,19 +47,10 @@ static inline float block_scale(const uint8_t *b) {
 
 void qlora_q8_quantize_input16(int16_t *xq, float *xscale, const float *x, int64_t cols) {
     for (int64_t c = 0; c < cols; c += 32) {
-        float m = 0.0f;
-        int finite = 1;
-        for (int j = 0; j < 32; j++) {
-            const float a = fabsf(x[c + j]);
-            if (!(a <= 3.0e38f)) finite = 0;   // inf or NaN
-            else if (a > m) m = a;
-        }
+        const float m = finite_absmax(x + c, 32);
         const float inv = m > 0.0f ? Q8_X_MAX / m : 0.0f;
-        xscale[c / 32] = finite ? m / Q8_X_MAX : NAN;
-        for (int j = 0; j < 32; j++) {
-            const long q = finite ? lrintf(x[c + j] * inv) : 0;
-            xq[c + j] = (int16_t)(q > 32767 ? 32767 : q < -32767 ? -32767 : q);
-        }
+        xscale[c / 32] = m >= 0.0f ? m / Q8_X_MAX : NAN;
+        for (int j = 0; j < 32; j++) xq[c + j] = m >= 0.0f ? round_clamp16(x[c + j] * inv, 32767) : 0;
     }
 }
 
