@@ -84,8 +84,16 @@ extension Double: KernelScalar {
 public func rmsnormBackward(dInp: UnsafeMutablePointer<Float>, dWeight: UnsafeMutablePointer<Float>?,
                             dOut: UnsafePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
                             rows T: Int, channels C: Int, epsilon: Float) {
-    rmsnormBackwardImpl(dInp: dInp, dWeight: dWeight, dOut: dOut, inp: inp, weight: weight,
-                        rows: T, channels: C, epsilon: epsilon)
+    guard dWeight == nil else {   // Σ over rows: one pass keeps the summation order
+        rmsnormBackwardImpl(dInp: dInp, dWeight: dWeight, dOut: dOut, inp: inp, weight: weight,
+                            rows: T, channels: C, epsilon: epsilon)
+        return
+    }
+    parallelRanges(T, costPerItem: C) { r in
+        let o = r.lowerBound * C
+        rmsnormBackwardImpl(dInp: dInp + o, dWeight: nil, dOut: dOut + o, inp: inp + o, weight: weight,
+                            rows: r.count, channels: C, epsilon: epsilon)
+    }
 }
 
 @inline(__always)
@@ -118,7 +126,12 @@ func rmsnormBackwardImpl<S: KernelScalar>(dInp: UnsafeMutablePointer<S>, dWeight
 /// Overwrites (the gradient of the rotated tensor becomes that of the unrotated one).
 public func ropeBackward(dX: UnsafeMutablePointer<Float>, cos: UnsafePointer<Float>, sin: UnsafePointer<Float>,
                          rows T: Int, heads: Int, headDim: Int, rowStride: Int) {
-    ropeBackwardImpl(dX: dX, cos: cos, sin: sin, rows: T, heads: heads, headDim: headDim, rowStride: rowStride)
+    let half = headDim / 2
+    parallelRanges(T, costPerItem: heads * headDim) { r in
+        let t = r.lowerBound
+        ropeBackwardImpl(dX: dX + t * rowStride, cos: cos + t * half, sin: sin + t * half, rows: r.count, heads: heads,
+                         headDim: headDim, rowStride: rowStride)
+    }
 }
 
 @inline(__always)
@@ -163,7 +176,10 @@ func ropeForwardImpl<S: KernelScalar>(x: UnsafeMutablePointer<S>, cos: UnsafePoi
 public func siluMulBackward(dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>,
                             dOut: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
                             count n: Int) {
-    siluMulBackwardImpl(dGate: dGate, dUp: dUp, dOut: dOut, gate: gate, up: up, count: n)
+    parallelRanges(n, alignment: 64) { r in
+        let i = r.lowerBound
+        siluMulBackwardImpl(dGate: dGate + i, dUp: dUp + i, dOut: dOut + i, gate: gate + i, up: up + i, count: r.count)
+    }
 }
 
 @inline(__always)

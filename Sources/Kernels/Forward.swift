@@ -18,7 +18,9 @@ public func embeddingForward(out: UnsafeMutablePointer<Float>, tokens: UnsafeBuf
 @inline(__always)
 public func rmsnormForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
                            rows T: Int, channels C: Int, epsilon: Float) {
-    qlora_rmsnorm_forward(out, inp, weight, Int64(T), Int64(C), epsilon)
+    parallelRanges(T, costPerItem: C) { r in
+        qlora_rmsnorm_forward(out + r.lowerBound * C, inp + r.lowerBound * C, weight, Int64(r.count), Int64(C), epsilon)
+    }
 }
 
 /// out[T, OC] = inp[T, C] · weight[OC, C]ᵀ (+ bias[OC]). For T = 1 our AVX2 GEMV split over the output
@@ -46,21 +48,31 @@ public func matmulForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<F
 @inline(__always)
 public func ropeForward(x: UnsafeMutablePointer<Float>, cos: UnsafePointer<Float>, sin: UnsafePointer<Float>,
                         rows T: Int, heads: Int, headDim: Int, rowStride: Int) {
-    qlora_rope_forward(x, cos, sin, Int64(T), Int64(heads), Int64(headDim), Int64(rowStride))
+    let half = headDim / 2
+    parallelRanges(T, costPerItem: heads * headDim) { r in
+        qlora_rope_forward(x + r.lowerBound * rowStride, cos + r.lowerBound * half, sin + r.lowerBound * half,
+                           Int64(r.count), Int64(heads), Int64(headDim), Int64(rowStride))
+    }
 }
 
 /// out[n] = silu(gate[n]) · up[n] (SwiGLU). `out` may be `gate` or `up`.
 @inline(__always)
 public func siluMulForward(out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
                            count n: Int) {
-    qlora_silu_mul_forward(out, gate, up, Int64(n))
+    parallelRanges(n, alignment: 64) { r in
+        let i = r.lowerBound
+        qlora_silu_mul_forward(out + i, gate + i, up + i, Int64(r.count))
+    }
 }
 
 /// out[n] = a[n] + b[n] (the residual add). `out` may be `a` or `b`.
 @inline(__always)
 public func residualForward(out: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
                             count n: Int) {
-    qlora_add_forward(out, a, b, Int64(n))
+    parallelRanges(n, alignment: 64) { r in
+        let i = r.lowerBound
+        qlora_add_forward(out + i, a + i, b + i, Int64(r.count))
+    }
 }
 
 /// In place softmax of x[n].

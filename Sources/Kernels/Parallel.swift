@@ -20,6 +20,22 @@ public func parallelFor(_ iterations: Int, _ body: (Int) -> Void) {
     parallelForPooled(iterations, body)
 }
 
+/// Runs `body(range)` over [0, count) split into one contiguous range per core when the loop is big
+/// enough to pay for the hand-off (`count · costPerItem` ≥ 2¹⁶, e.g. floats touched), else once over
+/// the whole range. Inner range edges are multiples of `alignment`. For the row-wise and element-wise
+/// kernels of training (norms, RoPE, SwiGLU, residual adds): with edges on a multiple of the vector
+/// width, each item is computed exactly as in one pass, so the split never changes a result.
+@inline(__always)
+public func parallelRanges(_ count: Int, costPerItem: Int = 1, alignment: Int = 1, _ body: (Range<Int>) -> Void) {
+    let parts = count * costPerItem >= 1 << 16 ? min(coreCount, count / max(alignment, 1)) : 1
+    if parts <= 1 {
+        if count > 0 { body(0..<count) }
+        return
+    }
+    func edge(_ p: Int) -> Int { p == parts ? count : count * p / parts / alignment * alignment }
+    parallelFor(parts) { p in body(edge(p)..<edge(p + 1)) }
+}
+
 /// True on a thread that is running an iteration of a `parallelFor` (where a nested one runs serially).
 public var insideParallelFor: Bool { qlora_pool_inside() != 0 }
 

@@ -61,6 +61,20 @@ import _CKernels
         // The pool itself refuses it (and leaves nothing half-done) so parallelFor fell back.
         #expect(qlora_pool_run(Int64(n), 2, { _, _ in }, nil) == -1)
     }
+
+    /// parallelRanges covers [0, count) once, with inner edges on the alignment; small loops stay whole.
+    @Test(arguments: [(0, 1, 1), (10, 1, 1), (70_000, 1, 64), (70_003, 1, 64), (300, 576, 1), (1 << 16, 1, 8)])
+    func parallelRangesCoverEveryItemOnce(count: Int, cost: Int, alignment: Int) {
+        let hits = Atomics(count), edges = Atomics(count + 1)
+        parallelRanges(count, costPerItem: cost, alignment: alignment) { r in
+            edges.add(r.lowerBound)
+            for i in r { hits.add(i) }
+        }
+        #expect(hits.values.allSatisfy { $0 == 1 })
+        let starts = edges.values.indices.filter { edges.values[$0] > 0 }
+        #expect(starts.allSatisfy { $0 % alignment == 0 })
+        #expect(starts.count == (count * cost >= 1 << 16 ? min(coreCount, count / alignment) : min(count, 1)))
+    }
 }
 
 /// Per-index counters, updated under a lock from any thread.
