@@ -1,4 +1,5 @@
 import Kernels
+import _CKernels
 
 extension QuantizedTensor4Bit {
     /// Quantizes `values` (row-major [out, in], already exactly representable in `dtype`) exactly as
@@ -29,30 +30,14 @@ extension QuantizedTensor4Bit {
         values.withUnsafeBufferPointer { x in
             absmax.withUnsafeMutableBufferPointer { am in
                 packed.withUnsafeMutableBufferPointer { out in
-                    let x = x.baseAddress!, am = am.baseAddress!, out = out.baseAddress!
-                    // Blocks are independent; an even blocksize keeps every block on whole bytes.
-                    let chunks = min(coreCount, max(1, nb / 64))
-                    parallelFor(chunks) { c in
-                        let b0 = nb * c / chunks, b1 = nb * (c + 1) / chunks
-                        for b in b0..<b1 {
-                            let start = b * blocksize, end = min(start + blocksize, n)
-                            var m: Float = 0
-                            for i in start..<end { m = max(m, abs(x[i])) }
-                            am[b] = m
-                            let clamped = max(m, Float(1e-38))
-                            let partial = end - start < blocksize
-                            let inv = 1 / clamped
-                            var i = start
-                            while i < end {
-                                let v0 = partial ? x[i] / clamped : x[i] * inv
-                                let q0 = sorter.code(min(max(v0, -1), 1))
-                                var q1 = sorter.zeroCode
-                                if i + 1 < end {
-                                    let v1 = partial ? x[i + 1] / clamped : x[i + 1] * inv
-                                    q1 = sorter.code(min(max(v1, -1), 1))
-                                }
-                                out[i >> 1] = (q0 << 4) | q1
-                                i += 2
+                    sorter.midpoints.withUnsafeBufferPointer { t in
+                        sorter.order.withUnsafeBufferPointer { order in
+                            // Blocks are independent; an even blocksize keeps every block on whole bytes.
+                            let chunks = min(coreCount, max(1, nb / 64))
+                            parallelFor(chunks) { c in
+                                qlora_nf4_quantize_blocks(out.baseAddress!, am.baseAddress!, x.baseAddress!, Int64(n),
+                                                          Int64(blocksize), Int64(nb * c / chunks), Int64(nb * (c + 1) / chunks),
+                                                          t.baseAddress!, order.baseAddress!, sorter.zeroCode)
                             }
                         }
                     }
@@ -69,6 +54,36 @@ extension QuantizedTensor4Bit {
         let dq = DoubleQuantization(codes: codes, nestedAbsmax: nested, offset: offset)
         return try QuantizedTensor4Bit(quantType: quantType, blocksize: blocksize, shape: shape, dtype: dtype,
                                        packed: packed, scales: .doubleQuantized(dq))
+    }
+
+    /// The codes and absmax of `quantize` computed element by element in Swift (the reference the C
+    /// kernel `qlora_nf4_quantize_blocks` is tested against).
+    static func encodeReference(_ x: [Float], quantType: QuantType4Bit, blocksize: Int) -> (packed: [UInt8], absmax: [Float]) {
+        let n = x.count, nb = (n + blocksize - 1) / blocksize
+        let sorter = FourBitSorter(quantType)
+        var absmax = [Float](repeating: 0, count: nb), out = [UInt8](repeating: 0, count: (n + 1) / 2)
+        for b in 0..<nb {
+            let start = b * blocksize, end = min(start + blocksize, n)
+            var m: Float = 0
+            for i in start..<end { m = max(m, abs(x[i])) }
+            absmax[b] = m
+            let clamped = max(m, Float(1e-38))
+            let partial = end - start < blocksize
+            let inv = 1 / clamped
+            var i = start
+            while i < end {
+                let v0 = partial ? x[i] / clamped : x[i] * inv
+                let q0 = sorter.code(min(max(v0, -1), 1))
+                var q1 = sorter.zeroCode
+                if i + 1 < end {
+                    let v1 = partial ? x[i + 1] / clamped : x[i + 1] * inv
+                    q1 = sorter.code(min(max(v1, -1), 1))
+                }
+                out[i >> 1] = (q0 << 4) | q1
+                i += 2
+            }
+        }
+        return (out, absmax)
     }
 
     /// Quantizes raw bf16 or f16 bit patterns (row-major [out, in]).
@@ -99,6 +114,11 @@ struct FourBitSorter {
                      Float, Float, Float, Float, Float, Float, Float)
     let order: [UInt8]
     let zeroCode: UInt8
+    /// The 15 thresholds as an array (for the C kernel).
+    var midpoints: [Float] {
+        let t = thresholds
+        return [t.0, t.1, t.2, t.3, t.4, t.5, t.6, t.7, t.8, t.9, t.10, t.11, t.12, t.13, t.14]
+    }
 
     init(_ type: QuantType4Bit) {
         let map = type.quantMap

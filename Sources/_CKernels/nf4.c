@@ -112,6 +112,34 @@ static void gemv16_portable(float *y, const qlora_nf4_weight *w, const int16_t *
 }
 
 // ---------------------------------------------------------------------------------------------
+// Quantization (qlora_nf4_quantize_blocks).
+
+static inline uint8_t encode_one(float v, const float t[15], const uint8_t order[16]) {
+    v = v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v);   // NaN stays NaN: no midpoint is below it
+    int q = 0;
+    for (int k = 0; k < 15; k++) q += v > t[k];
+    return order[q];
+}
+
+static void quantize_block_portable(uint8_t *packed, float *absmax, const float *x, int64_t n, int64_t bs,
+                                    int64_t b, const float t[15], const uint8_t order[16], uint8_t zero_code) {
+    const int64_t start = b * bs, end = (start + bs < n) ? start + bs : n;
+    float m = 0.0f;
+    for (int64_t i = start; i < end; i++) {
+        const float a = fabsf(x[i]);
+        m = a > m ? a : m;
+    }
+    absmax[b] = m;
+    const float clamped = m > 1e-38f ? m : 1e-38f, inv = 1.0f / clamped;
+    const int partial = end - start < bs;
+    for (int64_t i = start; i < end; i += 2) {
+        const uint8_t q0 = encode_one(partial ? x[i] / clamped : x[i] * inv, t, order);
+        const uint8_t q1 = i + 1 < end ? encode_one(partial ? x[i + 1] / clamped : x[i + 1] * inv, t, order) : zero_code;
+        packed[i >> 1] = (uint8_t)(q0 << 4 | q1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // AVX2 bodies. 16 packed bytes = 32 elements; 32 divides every valid block size, so a 32-element
 // chunk that starts at a multiple of 32 never crosses a block.
 
@@ -310,6 +338,43 @@ AVX2_TARGET static void gemv_avx2(float *y, const qlora_nf4_weight *w, const flo
     for (; r < row_end; r++) gemv_rows_avx2(y + (r - row_begin), w, x, r, cols, 1, nshift);
 }
 
+// A full block, 8 values at a time: |x| max, then x̂ = x · inv clamped, q = Σ_k (x̂ > t_k) from 15
+// compares, and the codes packed two per byte. Falls back to the element loop for a non-finite block.
+AVX2_TARGET static void quantize_blocks_avx2(uint8_t *packed, float *absmax, const float *x, int64_t n, int64_t bs,
+                                             int64_t b0, int64_t b1, const float t[15], const uint8_t order[16],
+                                             uint8_t zero_code) {
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const __m256 huge = _mm256_set1_ps(3.4028234e38f), one = _mm256_set1_ps(1.0f), minus_one = _mm256_set1_ps(-1.0f);
+    __m256 tv[15];
+    for (int k = 0; k < 15; k++) tv[k] = _mm256_set1_ps(t[k]);
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t start = b * bs;
+        if (start + bs > n || bs % 8 != 0) { quantize_block_portable(packed, absmax, x, n, bs, b, t, order, zero_code); continue; }
+        const float *xb = x + start;
+        __m256 m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+        for (int64_t i = 0; i < bs; i += 8) {
+            const __m256 a = _mm256_and_ps(_mm256_loadu_ps(xb + i), magnitude);
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, huge, _CMP_NLE_UQ));   // inf or NaN
+            m = _mm256_max_ps(m, a);
+        }
+        if (_mm256_movemask_ps(bad)) { quantize_block_portable(packed, absmax, x, n, bs, b, t, order, zero_code); continue; }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        const float mx = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        absmax[b] = mx;
+        const __m256 inv = _mm256_set1_ps(1.0f / (mx > 1e-38f ? mx : 1e-38f));
+        uint8_t *out = packed + (start >> 1);
+        for (int64_t i = 0; i < bs; i += 8) {
+            const __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + i), inv), minus_one), one);
+            __m256i q = _mm256_setzero_si256();
+            for (int k = 0; k < 15; k++) q = _mm256_sub_epi32(q, _mm256_castps_si256(_mm256_cmp_ps(v, tv[k], _CMP_GT_OQ)));
+            int32_t qs[8];
+            _mm256_storeu_si256((__m256i *)qs, q);
+            for (int j = 0; j < 8; j += 2) out[(i + j) >> 1] = (uint8_t)(order[qs[j]] << 4 | order[qs[j + 1]]);
+        }
+    }
+}
+
 // 16-bit integer decoding, one row at a time: for 32 packed bytes (64 weights), the high and the low
 // nibbles look up the low and the high bytes of the int16 codes (4 vpshufb), 4 byte unpacks make
 // int16 words, and 4 vpmaddwd against the quantized x give 8 exact int32 sums of 8 products each;
@@ -421,4 +486,17 @@ void qlora_nf4_quantize_input16(int16_t *xq, float *xscale, const float *x, int6
     if (nf4_use_avx2()) { quantize_input16_avx2(xq, xscale, x, cols); return; }
 #endif
     quantize_input16_portable(xq, xscale, x, cols);
+}
+
+void qlora_nf4_quantize_blocks(uint8_t *packed, float *absmax, const float *x, int64_t n, int64_t blocksize,
+                               int64_t block_begin, int64_t block_end, const float midpoints[15],
+                               const uint8_t order[16], uint8_t zero_code) {
+#ifdef QLORA_X86
+    if (nf4_use_avx2()) {
+        quantize_blocks_avx2(packed, absmax, x, n, blocksize, block_begin, block_end, midpoints, order, zero_code);
+        return;
+    }
+#endif
+    for (int64_t b = block_begin; b < block_end; b++)
+        quantize_block_portable(packed, absmax, x, n, blocksize, b, midpoints, order, zero_code);
 }

@@ -29,6 +29,16 @@ void qlora_nf4_force_portable(int force);
 /// out[k] = scale of block block_begin + k, for block_begin ≤ b < block_end (bitsandbytes-exact).
 void qlora_nf4_block_scales(float *out, const qlora_nf4_weight *w, int64_t block_begin, int64_t block_end);
 
+/// Quantization (bitsandbytes' CPU `quantize_4bit`, SPEC §1.3) of blocks [block_begin, block_end) of
+/// x[n]: absmax[b] = max |x| over block b; x̂ = x · (1/max(absmax, 1e−38)) for full blocks and
+/// x / max(absmax, 1e−38) for a final partial one, clamped to [−1, 1]; sorted position q = number of
+/// `midpoints` (15, ascending) strictly below x̂; code = order[q]; the element after a final odd one
+/// is `zero_code`. Writes packed bytes [block_begin·blocksize/2, …) and absmax[block_begin …). The
+/// blocksize must be even. A block with a NaN or infinite value is done element by element.
+void qlora_nf4_quantize_blocks(uint8_t *packed, float *absmax, const float *x, int64_t n, int64_t blocksize,
+                               int64_t block_begin, int64_t block_end, const float midpoints[15],
+                               const uint8_t order[16], uint8_t zero_code);
+
 /// out[k] = value of flat element start + k, k < count (bitsandbytes-exact float32).
 /// For a tile of rows r0..<r1 of a [rows, cols] weight: start = r0·cols, count = (r1 − r0)·cols.
 void qlora_nf4_dequantize(float *out, const qlora_nf4_weight *w, int64_t start, int64_t count);
