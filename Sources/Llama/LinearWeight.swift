@@ -57,20 +57,35 @@ public enum LinearWeight {
 }
 
 extension LinearWeight {
-    /// One token (decode): out_i[rows_i] = W_i · inp (+ bias_i) for weights that share the input
-    /// (q|k|v, gate|up), as ONE parallel loop when every weight is 4-bit (`NF4Matmul.gemv(_:inp:)`).
+    /// One token (decode): out_i[rows_i] = W_i · inp (+ bias_i) (+ LoRA branch_i) for weights that share
+    /// the input (q|k|v, gate|up), as ONE parallel loop when every weight is 4-bit
+    /// (`NF4Matmul.gemv(_:inp:arithmetic:epilogue:)`). Each branch's h = A·inp is computed first (into
+    /// `h`, `rank` floats per part), then each thread adds scale·Bᵀh to the rows it has just written.
     /// Returns false and computes nothing when any weight is float32; the caller then runs `forward`
-    /// per weight.
+    /// (and the branches' `addForward`) per weight.
     @inline(__always)
     public static func gemvQuantized(_ parts: [(weight: LinearWeight, out: UnsafeMutablePointer<Float>, bias: UnsafeMutablePointer<Float>?)],
-                                     inp: UnsafePointer<Float>, arithmetic: DecodeArithmetic = .float32) -> Bool {
+                                     inp: UnsafePointer<Float>, arithmetic: DecodeArithmetic = .float32,
+                                     lora: [LinearLoRA?]? = nil, h: UnsafeMutablePointer<Float>? = nil) -> Bool {
         var quantized: [(out: UnsafeMutablePointer<Float>, weight: QuantizedTensor4Bit)] = []
         quantized.reserveCapacity(parts.count)
         for part in parts {
             guard case let .quantized(q) = part.weight else { return false }
             quantized.append((out: part.out, weight: q))
         }
-        NF4Matmul.gemv(quantized, inp: inp, arithmetic: arithmetic)
+        var hOffsets: [Int] = []
+        if let lora, let h {
+            var offset = 0
+            for branch in lora {
+                hOffsets.append(offset)
+                if let branch { branch.decodeHidden(h: h + offset, inp: inp); offset += branch.rank }
+            }
+            NF4Matmul.gemv(quantized, inp: inp, arithmetic: arithmetic) { i, rows in
+                lora[i]?.addDecodeRows(out: parts[i].out, h: h + hOffsets[i], rows: rows)
+            }
+        } else {
+            NF4Matmul.gemv(quantized, inp: inp, arithmetic: arithmetic)
+        }
         for part in parts {
             if let bias = part.bias { residualForward(out: part.out, a: part.out, b: bias, count: part.weight.rows) }
         }
@@ -132,6 +147,22 @@ public final class LinearLoRA {
     /// Bytes held (A and B, float32).
     public var bytes: Int { 4 * rank * (inFeatures + outFeatures) }
 
+    /// One token's h[rank] = A · inp (our GEMV; the first half of `addForward` for T = 1).
+    @inline(__always)
+    public func decodeHidden(h: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>) {
+        matmulForward(out: h, inp: inp, weight: a, bias: nil, rows: 1, inChannels: inFeatures, outChannels: rank)
+    }
+
+    /// out[o] += scale · Σ_r h[r] · Bᵀ[r, o] for o in `rows` (one token; the second half of `addForward`).
+    @inline(__always)
+    public func addDecodeRows(out: UnsafeMutablePointer<Float>, h: UnsafePointer<Float>, rows: Range<Int>) {
+        let OC = outFeatures
+        for r in 0..<rank {
+            let s = scale * h[r], row = bt + r * OC
+            for o in rows { out[o] += s * row[o] }
+        }
+    }
+
     /// out[T, out] += scale · (inp · Aᵀ) · Bᵀ. `h` is scratch of at least T · rank floats.
     /// T = 1: our GEMV for h, then `rank` scaled row additions of Bᵀ (single-threaded; the branch is
     /// small next to the base GEMV). T > 1: two sgemm calls.
@@ -140,11 +171,8 @@ public final class LinearLoRA {
                            h: UnsafeMutablePointer<Float>) {
         let R = rank, C = inFeatures, OC = outFeatures
         if T == 1 {
-            matmulForward(out: h, inp: inp, weight: a, bias: nil, rows: 1, inChannels: C, outChannels: R)
-            for r in 0..<R {
-                let s = scale * h[r], row = bt + r * OC
-                for o in 0..<OC { out[o] += s * row[o] }
-            }
+            decodeHidden(h: h, inp: inp)
+            addDecodeRows(out: out, h: h, rows: 0..<OC)
             return
         }
         BLAS.sgemm(transB: true, m: T, n: R, k: C, a: inp, b: a, c: h)

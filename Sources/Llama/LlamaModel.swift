@@ -45,7 +45,7 @@ public final class LlamaModel {
     public let workspace: NF4Workspace
     /// Attached LoRA branches: `lora[layer][LoRATarget.index]`, or empty when none are attached.
     public private(set) var lora: [[LinearLoRA?]] = []
-    /// [chunkSize, largest attached rank]: the LoRA intermediate x·Aᵀ; allocated by `attachLoRA`.
+    /// [max(chunkSize, 3), largest attached rank]: the LoRA intermediate x·Aᵀ; allocated by `attachLoRA`.
     private var loraScratch: UnsafeMutablePointer<Float>?
 
     public init(config: LlamaConfig, weights: LlamaWeights, maxContext: Int, chunkSize: Int = 128) throws {
@@ -125,8 +125,9 @@ public final class LlamaModel {
         }
         detachLoRA()
         guard maxRank > 0 else { return }
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: chunkSize * maxRank)
-        scratch.initialize(repeating: 0, count: chunkSize * maxRank)
+        let rows = max(chunkSize, 3)   // a decoded token's q|k|v branches keep their h side by side
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: rows * maxRank)
+        scratch.initialize(repeating: 0, count: rows * maxRank)
         loraScratch = scratch
         lora = table
     }
@@ -236,18 +237,23 @@ public final class LlamaModel {
                 q.update(from: qkv, count: qd)
                 k.update(from: qkv + qd, count: kvd)
                 v.update(from: qkv + qd + kvd, count: kvd)
+                if let b = branches {
+                    b[0]?.addForward(out: q, inp: xb, rows: T, h: hs)
+                    b[1]?.addForward(out: k, inp: xb, rows: T, h: hs)
+                    b[2]?.addForward(out: v, inp: xb, rows: T, h: hs)
+                }
             } else if T == 1, LinearWeight.gemvQuantized([(w.wq, q, w.bq), (w.wk, k, w.bk), (w.wv, v, w.bv)], inp: xb,
-                                                                 arithmetic: arith) {
-                // decode, 4-bit: q, k and v in one parallel loop
+                                                         arithmetic: arith, lora: branches.map { Array($0[0...2]) }, h: hs) {
+                // decode, 4-bit: q, k and v, with their LoRA branches, in one parallel loop
             } else {
                 w.wq.forward(out: q, inp: xb, bias: w.bq, rows: T, workspace: ws)
                 w.wk.forward(out: k, inp: xb, bias: w.bk, rows: T, workspace: ws)
                 w.wv.forward(out: v, inp: xb, bias: w.bv, rows: T, workspace: ws)
-            }
-            if let b = branches {
-                b[0]?.addForward(out: q, inp: xb, rows: T, h: hs)
-                b[1]?.addForward(out: k, inp: xb, rows: T, h: hs)
-                b[2]?.addForward(out: v, inp: xb, rows: T, h: hs)
+                if let b = branches {
+                    b[0]?.addForward(out: q, inp: xb, rows: T, h: hs)
+                    b[1]?.addForward(out: k, inp: xb, rows: T, h: hs)
+                    b[2]?.addForward(out: v, inp: xb, rows: T, h: hs)
+                }
             }
             ropeForward(x: q, cos: ropeCos + pos * half, sin: ropeSin + pos * half, rows: T, heads: cfg.headCount,
                         headDim: D, rowStride: qd)
@@ -256,8 +262,11 @@ public final class LlamaModel {
             attentionForward(out: att, q: q, keys: layerKeys, values: layerValues, scratch: scratch, tokens: T,
                              startPosition: pos, heads: cfg.headCount, kvHeads: cfg.kvHeadCount, headDim: D,
                              window: cfg.slidingWindow)
-            w.wo.forward(out: xb2, inp: att, bias: w.bo, rows: T, workspace: ws, arithmetic: arith)
-            branches?[3]?.addForward(out: xb2, inp: att, rows: T, h: hs)
+            if !(T == 1 && LinearWeight.gemvQuantized([(w.wo, xb2, w.bo)], inp: att, arithmetic: arith,
+                                                      lora: branches.map { [$0[3]] }, h: hs)) {
+                w.wo.forward(out: xb2, inp: att, bias: w.bo, rows: T, workspace: ws, arithmetic: arith)
+                branches?[3]?.addForward(out: xb2, inp: att, rows: T, h: hs)
+            }
             residualForward(out: x, a: x, b: xb2, count: T * C)
 
             // MLP: x += down(silu(gate(h)) ⊙ up(h)), h = rmsnorm(x)
@@ -265,20 +274,27 @@ public final class LlamaModel {
             if T == 1, fused, case let .dense(wgu, _, _) = w.wGate {
                 // decode: wGate|wUp are consecutive, and up = gate + I when T = 1
                 matmulForward(out: gate, inp: xb, weight: wgu, bias: w.bGate, rows: 1, inChannels: C, outChannels: 2 * I)
+                if let b = branches {
+                    b[4]?.addForward(out: gate, inp: xb, rows: T, h: hs)
+                    b[5]?.addForward(out: up, inp: xb, rows: T, h: hs)
+                }
             } else if T == 1, LinearWeight.gemvQuantized([(w.wGate, gate, w.bGate), (w.wUp, up, w.bUp)], inp: xb,
-                                                                 arithmetic: arith) {
-                // decode, 4-bit: gate and up in one parallel loop
+                                                         arithmetic: arith, lora: branches.map { Array($0[4...5]) }, h: hs) {
+                // decode, 4-bit: gate and up, with their LoRA branches, in one parallel loop
             } else {
                 w.wGate.forward(out: gate, inp: xb, bias: w.bGate, rows: T, workspace: ws)
                 w.wUp.forward(out: up, inp: xb, bias: w.bUp, rows: T, workspace: ws)
-            }
-            if let b = branches {
-                b[4]?.addForward(out: gate, inp: xb, rows: T, h: hs)
-                b[5]?.addForward(out: up, inp: xb, rows: T, h: hs)
+                if let b = branches {
+                    b[4]?.addForward(out: gate, inp: xb, rows: T, h: hs)
+                    b[5]?.addForward(out: up, inp: xb, rows: T, h: hs)
+                }
             }
             siluMulForward(out: gate, gate: gate, up: up, count: T * I)
-            w.wDown.forward(out: xb2, inp: gate, bias: w.bDown, rows: T, workspace: ws, arithmetic: arith)
-            branches?[6]?.addForward(out: xb2, inp: gate, rows: T, h: hs)
+            if !(T == 1 && LinearWeight.gemvQuantized([(w.wDown, xb2, w.bDown)], inp: gate, arithmetic: arith,
+                                                      lora: branches.map { [$0[6]] }, h: hs)) {
+                w.wDown.forward(out: xb2, inp: gate, bias: w.bDown, rows: T, workspace: ws, arithmetic: arith)
+                branches?[6]?.addForward(out: xb2, inp: gate, rows: T, h: hs)
+            }
             residualForward(out: x, a: x, b: xb2, count: T * C)
         }
     }

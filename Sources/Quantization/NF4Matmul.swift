@@ -95,12 +95,17 @@ public enum NF4Matmul {
     /// parallel loop: their rows are taken as one concatenated range and split evenly across the cores
     /// (fewer thread hand-offs per decoded token). Weights whose column count differs from the first's
     /// are computed in a parallel loop of their own. `.int16` falls back to float32 where its kernel
-    /// does not apply (in-features or block size not a multiple of 64).
+    /// does not apply (in-features or block size not a multiple of 64). `epilogue(i, rows)`, when
+    /// given, runs on the same thread right after rows `rows` of part i are written (e.g. to add a
+    /// LoRA branch to them), so it needs no loop of its own.
     public static func gemv(_ parts: [(out: UnsafeMutablePointer<Float>, weight: QuantizedTensor4Bit)],
-                            inp x: UnsafePointer<Float>, arithmetic: DecodeArithmetic = .float32) {
+                            inp x: UnsafePointer<Float>, arithmetic: DecodeArithmetic = .float32,
+                            epilogue: ((Int, Range<Int>) -> Void)? = nil) {
         guard let k = parts.first?.weight.columns else { return }
         if parts.contains(where: { $0.weight.columns != k }) {
-            for part in parts { gemv(out: part.out, inp: x, weight: part.weight, arithmetic: arithmetic) }
+            for (i, part) in parts.enumerated() {
+                gemv([part], inp: x, arithmetic: arithmetic, epilogue: epilogue.map { e in { _, rows in e(i, rows) } })
+            }
             return
         }
         let n = parts.reduce(0) { $0 + $1.weight.rows }
@@ -128,6 +133,7 @@ public enum NF4Matmul {
                                 let out = part.out + (a - base), r0 = Int64(a - base), r1 = Int64(b - base)
                                 if int16 { qlora_nf4_gemv16(out, cw + i, xq, xs, r0, r1, Int64(k)) }
                                 else { qlora_nf4_gemv(out, cw + i, x, r0, r1, Int64(k)) }
+                                epilogue?(i, (a - base)..<(b - base))
                             }
                             base += rows
                         }
