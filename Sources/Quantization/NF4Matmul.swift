@@ -30,8 +30,8 @@ public final class NF4Workspace: @unchecked Sendable {
     }
 }
 
-/// How the 4-bit GEMVs of a decoded token (one row) multiply. Prefill, training and every product of
-/// more than one row always run in float32.
+/// How the GEMVs of a decoded token (one row) multiply: the 4-bit linear weights' and a Q8_0 LM
+/// head's. Prefill, training and every product of more than one row always run in float32.
 public enum DecodeArithmetic: String, Sendable, CaseIterable {
     /// float32 products of the exact codes: the dequantized weights, as the reference path.
     case float32

@@ -1,6 +1,7 @@
 // Helpers shared by the C kernels (private to the target: not in include/).
 #ifndef QLORA_KERNELS_INTERNAL_H
 #define QLORA_KERNELS_INTERNAL_H
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include "nf4.h"
@@ -21,7 +22,7 @@ static inline float finite_absmax(const float *x, int64_t n) {
     float m = 0.0f;
     for (int64_t j = 0; j < n; j++) {
         const float a = x[j] < 0.0f ? -x[j] : x[j];
-        if (!(a <= 3.0e38f)) return -1.0f;   // inf or NaN
+        if (!(a <= FLT_MAX)) return -1.0f;   // inf or NaN
         if (a > m) m = a;
     }
     return m;

@@ -344,7 +344,7 @@ AVX2_TARGET static void quantize_blocks_avx2(uint8_t *packed, float *absmax, con
                                              int64_t b0, int64_t b1, const float t[15], const uint8_t order[16],
                                              uint8_t zero_code) {
     const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-    const __m256 huge = _mm256_set1_ps(3.4028234e38f), one = _mm256_set1_ps(1.0f), minus_one = _mm256_set1_ps(-1.0f);
+    const __m256 huge = _mm256_set1_ps(FLT_MAX), one = _mm256_set1_ps(1.0f), minus_one = _mm256_set1_ps(-1.0f);
     __m256 tv[15];
     for (int k = 0; k < 15; k++) tv[k] = _mm256_set1_ps(t[k]);
     for (int64_t b = b0; b < b1; b++) {
@@ -420,14 +420,14 @@ AVX2_TARGET static void gemv16_avx2(float *y, const qlora_nf4_weight *w, const i
 // the int32 results are stored in the kernel's element order.
 AVX2_TARGET static void quantize_input16_avx2(int16_t *xq, float *xscale, const float *x, int64_t cols) {
     const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-    const __m256 huge = _mm256_set1_ps(3.0e38f);
+    const __m256 huge = _mm256_set1_ps(FLT_MAX);
     const __m256i lo = _mm256_set1_epi32(-8191), hi = _mm256_set1_epi32(8191);
     for (int64_t c = 0; c < cols; c += 64) {
         __m256 v[8], m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
         for (int k = 0; k < 8; k++) {
             v[k] = _mm256_loadu_ps(x + c + 8 * k);
             const __m256 a = _mm256_and_ps(v[k], magnitude);
-            bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, huge, _CMP_NLE_UQ));   // > 3e38 or NaN
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, huge, _CMP_NLE_UQ));   // inf or NaN
             m = _mm256_max_ps(m, a);
         }
         if (_mm256_movemask_ps(bad)) {

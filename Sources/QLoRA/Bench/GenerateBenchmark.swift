@@ -29,7 +29,6 @@ public struct GenerateBenchmarkResult: Sendable, Equatable {
 public enum GenerateBenchmark {
     public static let decodeTolerance = 1e-2
 
-
     public static func run(model: LlamaModel, options o: GenerateBenchmarkOptions) throws -> GenerateBenchmarkResult {
         guard o.promptTokens >= 1 else {
             throw BenchmarkError.invalidOption(field: "promptTokens", value: "\(o.promptTokens)", expected: "≥ 1")
