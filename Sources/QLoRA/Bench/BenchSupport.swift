@@ -16,19 +16,19 @@ extension MemoryPlan.Throughput {
     /// Calibrates the FLOP rate on this machine, now: times `LoRAModel.forwardBackward` of one
     /// synthetic NF4+DQ layer of `config`'s layer shape (heads, head size, GQA, SwiGLU) and divides
     /// its flops (`MemoryPlan.stepWork` for that one-layer model), less the dequantization at the
-    /// built-in rate, by the time. To keep the probe short (about a second) the layer is narrowed
-    /// (hidden, intermediate and heads divided by a power of two, the head size kept) and the rows
-    /// capped at 512 when one full layer of the configuration would exceed `flopBudget` operations.
+    /// built-in rate, by the time. The rows are capped at 1024 (SmolLM2's 256 × 4 runs at full size),
+    /// and to keep the probe short (about a second) the layer is narrowed (hidden, intermediate and
+    /// heads divided by a power of two, the head size kept) while it would exceed `flopBudget` operations.
     /// The best of `repeats` runs is kept (other processes only ever slow a run down). (An earlier
     /// two-point fit, time = a · flops + d through two row counts, missed by up to 45 %: the
     /// difference of two noisy times. NF4Gemm decodes the 4-bit weights inside its packing, so the
     /// dequantization term is a few percent and needs no probe of its own.)
     public static func measure(config cfg: LlamaConfig, options o: MemoryPlanOptions,
-                               flopBudget: Double = 25e9, repeats: Int = 3) throws -> MemoryPlan.Throughput {
+                               flopBudget: Double = 25e9, repeats: Int = 5) throws -> MemoryPlan.Throughput {
         let targets = LoRATarget.allCases.filter(o.targets.contains)
         let r = max(o.rank, 1)
         var B = max(o.batchSize, 1), T = max(o.seqLen, 16)
-        if B * T > 512 { B = max(1, 512 / T); T = min(T, 512) }
+        if B * T > 1024 { B = max(1, 1024 / T); T = min(T, 1024) }
         var div = 1
         func probeConfig(_ d: Int) throws -> LlamaConfig {
             let group = max(1, cfg.headCount / max(cfg.kvHeadCount, 1))
