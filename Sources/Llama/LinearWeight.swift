@@ -73,15 +73,12 @@ extension LinearWeight {
             guard case let .quantized(q) = part.weight else { return false }
             quantized.append((out: part.out, weight: q))
         }
-        var hOffsets: [Int] = []
         if let lora, let h {
-            var offset = 0
-            for branch in lora {
-                hOffsets.append(offset)
-                if let branch { branch.decodeHidden(h: h + offset, inp: inp); offset += branch.rank }
-            }
+            // branch i's h sits after those of the branches before it (≤ 3 of them)
+            func offset(_ i: Int) -> Int { lora[..<i].reduce(0) { $0 + ($1?.rank ?? 0) } }
+            for (i, branch) in lora.enumerated() { branch?.decodeHidden(h: h + offset(i), inp: inp) }
             NF4Matmul.gemv(quantized, inp: inp, arithmetic: arithmetic) { i, rows in
-                lora[i]?.addDecodeRows(out: parts[i].out, h: h + hOffsets[i], rows: rows)
+                lora[i]?.addDecodeRows(out: parts[i].out, h: h + offset(i), rows: rows)
             }
         } else {
             NF4Matmul.gemv(quantized, inp: inp, arithmetic: arithmetic)

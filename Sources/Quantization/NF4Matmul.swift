@@ -41,6 +41,21 @@ public enum DecodeArithmetic: String, Sendable, CaseIterable {
     case int16
 }
 
+/// Runs `body(xq, xs)` with x[count] quantized by `quantize` into int16 values xq[count] and their
+/// scales xs[count / block], on the stack, once for all the chunks of an int16 GEMV; when not
+/// `enabled`, with one-element placeholders that the float32 kernels never read.
+@inline(__always)
+func withInt16Input(_ enabled: Bool, count: Int, block: Int,
+                    quantize: (UnsafeMutablePointer<Int16>, UnsafeMutablePointer<Float>) -> Void,
+                    _ body: (UnsafePointer<Int16>, UnsafePointer<Float>) -> Void) {
+    withUnsafeTemporaryAllocation(of: Int16.self, capacity: enabled ? count : 1) { xq in
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: enabled ? count / block : 1) { xs in
+            if enabled { quantize(xq.baseAddress!, xs.baseAddress!) }
+            body(UnsafePointer(xq.baseAddress!), UnsafePointer(xs.baseAddress!))
+        }
+    }
+}
+
 /// Products with a frozen 4-bit weight W [out, in] (QuantizedTensor4Bit), llm.c style:
 /// outputs first, then inputs, then sizes. Row-major; `rows` = number of token rows.
 public enum NF4Matmul {
@@ -118,25 +133,20 @@ public enum NF4Matmul {
             defer { _ = cws.deinitialize() }
             let cw = UnsafePointer(cws.baseAddress!)
             let int16 = arithmetic == .int16 && (0..<parts.count).allSatisfy { qlora_nf4_gemv16_supported(cw + $0, Int64(k)) != 0 }
-            // x quantized once for every chunk (int16 only; a one-element buffer otherwise)
-            withUnsafeTemporaryAllocation(of: Int16.self, capacity: int16 ? k : 1) { xq in
-                withUnsafeTemporaryAllocation(of: Float.self, capacity: int16 ? k / 64 : 1) { xs in
-                    if int16 { qlora_nf4_quantize_input16(xq.baseAddress!, xs.baseAddress!, x, Int64(k)) }
-                    let xq = UnsafePointer(xq.baseAddress!), xs = UnsafePointer(xs.baseAddress!)
-                    parallelFor(chunks) { c in
-                        let lo = c == 0 ? 0 : (n * c / chunks) & ~3, hi = c == chunks - 1 ? n : (n * (c + 1) / chunks) & ~3
-                        var base = 0
-                        for (i, part) in parts.enumerated() {
-                            let rows = part.weight.rows
-                            let a = max(lo, base), b = min(hi, base + rows)
-                            if a < b {
-                                let out = part.out + (a - base), r0 = Int64(a - base), r1 = Int64(b - base)
-                                if int16 { qlora_nf4_gemv16(out, cw + i, xq, xs, r0, r1, Int64(k)) }
-                                else { qlora_nf4_gemv(out, cw + i, x, r0, r1, Int64(k)) }
-                                epilogue?(i, (a - base)..<(b - base))
-                            }
-                            base += rows
+            withInt16Input(int16, count: k, block: 64, quantize: { qlora_nf4_quantize_input16($0, $1, x, Int64(k)) }) { xq, xs in
+                parallelFor(chunks) { c in
+                    let lo = c == 0 ? 0 : (n * c / chunks) & ~3, hi = c == chunks - 1 ? n : (n * (c + 1) / chunks) & ~3
+                    var base = 0
+                    for (i, part) in parts.enumerated() {
+                        let rows = part.weight.rows
+                        let a = max(lo, base), b = min(hi, base + rows)
+                        if a < b {
+                            let out = part.out + (a - base), r0 = Int64(a - base), r1 = Int64(b - base)
+                            if int16 { qlora_nf4_gemv16(out, cw + i, xq, xs, r0, r1, Int64(k)) }
+                            else { qlora_nf4_gemv(out, cw + i, x, r0, r1, Int64(k)) }
+                            epilogue?(i, (a - base)..<(b - base))
                         }
+                        base += rows
                     }
                 }
             }

@@ -109,15 +109,11 @@ public final class Q8Matrix: @unchecked Sendable {
         let n = rows, k = cols, blocks = UnsafePointer(self.blocks)
         let chunks = n * k < 1 << 16 ? 1 : min(coreCount * 2, max(1, n / 16))
         let int16 = arithmetic == .int16
-        withUnsafeTemporaryAllocation(of: Int16.self, capacity: int16 ? k : 1) { xq in
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: int16 ? k / 32 : 1) { xs in
-                if int16 { qlora_q8_quantize_input16(xq.baseAddress!, xs.baseAddress!, x, Int64(k)) }
-                let xq = UnsafePointer(xq.baseAddress!), xs = UnsafePointer(xs.baseAddress!)
-                parallelFor(chunks) { c in
-                    let r0 = c == 0 ? 0 : (n * c / chunks) & ~3, r1 = c == chunks - 1 ? n : (n * (c + 1) / chunks) & ~3
-                    if int16 { qlora_q8_gemv16(y + r0, blocks, xq, xs, Int64(r0), Int64(r1), Int64(k)) }
-                    else { qlora_q8_gemv(y + r0, blocks, x, Int64(r0), Int64(r1), Int64(k)) }
-                }
+        withInt16Input(int16, count: k, block: 32, quantize: { qlora_q8_quantize_input16($0, $1, x, Int64(k)) }) { xq, xs in
+            parallelFor(chunks) { c in
+                let r0 = c == 0 ? 0 : (n * c / chunks) & ~3, r1 = c == chunks - 1 ? n : (n * (c + 1) / chunks) & ~3
+                if int16 { qlora_q8_gemv16(y + r0, blocks, xq, xs, Int64(r0), Int64(r1), Int64(k)) }
+                else { qlora_q8_gemv(y + r0, blocks, x, Int64(r0), Int64(r1), Int64(k)) }
             }
         }
     }
